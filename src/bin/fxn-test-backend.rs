@@ -1,0 +1,243 @@
+//! An OpenAI-compatible backend for tests and benchmarks: canned JSON, SSE streams at a set
+//! pace, delays and faults, and an echo of what it received so callers can prove that the
+//! node forwarded the request unchanged.
+//!
+//! Behaviour per request, from headers (the node forwards them):
+//! - `x-test-fault`: `status-500` (an error body), `hang` (never answers), `close` (closes the
+//!   connection mid-stream after the first event), `reset` (resets the connection unanswered);
+//! - `x-test-delay-ms`: wait before the first byte;
+//! - `x-test-chunks`, `x-test-interval-ms`: events per stream and the pause between them.
+//!
+//! Every response carries `x-backend-body-sha256`, `x-backend-body-length`, `x-backend-path`,
+//! `x-backend-connection` (the connection's number) and `x-backend-headers` (names received).
+//! `GET /stats` reports connections accepted, requests served and streams cut short.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{combinators::BoxBody, BodyExt, Channel, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+
+#[derive(Parser)]
+#[command(version, about = "OpenAI-compatible test backend for fxn")]
+struct Args {
+    /// Address to listen on; port 0 picks a free one (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Events per streamed response.
+    #[arg(long, default_value_t = 5)]
+    chunks: u32,
+    /// Pause between streamed events, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    interval_ms: u64,
+    /// Floats per embedding.
+    #[arg(long, default_value_t = 8)]
+    dimensions: usize,
+}
+
+#[derive(Default)]
+struct Stats {
+    connections: AtomicU64,
+    requests: AtomicU64,
+    cancelled_streams: AtomicU64,
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+struct Backend {
+    args: Args,
+    stats: Arc<Stats>,
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    let backend = Arc::new(Backend { args, stats: Arc::default() });
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let connection = backend.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let fd = stream.as_raw_fd();
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let backend = backend.clone();
+                async move { Ok::<_, Infallible>(backend.handle(request, connection, fd).await) }
+            });
+            // Errors here are the faults this backend injects, or callers that left.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn header_value<T: std::str::FromStr>(request: &Request<Incoming>, name: &str) -> Option<T> {
+    request.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+fn unix_micros() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros())
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|never| match never {}).boxed()
+}
+
+impl Backend {
+    async fn handle(&self, request: Request<Incoming>, connection: u64, fd: RawFd) -> Response<Body> {
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        if request.method() == hyper::Method::GET && path == "/stats" {
+            let stats = serde_json::json!({
+                "connections": self.stats.connections.load(Ordering::Relaxed),
+                "requests": self.stats.requests.load(Ordering::Relaxed),
+                "cancelled_streams": self.stats.cancelled_streams.load(Ordering::Relaxed),
+            });
+            return Response::new(full(stats.to_string()));
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let fault: Option<String> = header_value(&request, "x-test-fault");
+        let delay = Duration::from_millis(header_value(&request, "x-test-delay-ms").unwrap_or(0));
+        let chunks = header_value(&request, "x-test-chunks").unwrap_or(self.args.chunks);
+        let interval =
+            Duration::from_millis(header_value(&request, "x-test-interval-ms").unwrap_or(self.args.interval_ms));
+        let mut names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        let echo_headers = names.join(",");
+        let credential = ["authorization", "x-api-key"]
+            .iter()
+            .filter_map(|name| Some(format!("{name}={}", request.headers().get(*name)?.to_str().ok()?)))
+            .collect::<Vec<_>>()
+            .join(";");
+
+        let body = match request.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => return status(StatusCode::BAD_REQUEST, &format!("body read failed: {e}")),
+        };
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let model = json["model"].as_str().unwrap_or("unknown").to_string();
+
+        match fault.as_deref() {
+            Some("hang") => std::future::pending::<()>().await,
+            Some("reset") => {
+                // SO_LINGER 0 makes the close that follows a reset; the fd is alive while its
+                // connection is being served.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                let socket = socket2::SockRef::from(&fd);
+                let _ = socket.set_linger(Some(Duration::ZERO));
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                std::future::pending::<()>().await;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(delay).await;
+
+        let mut response = if fault.as_deref() == Some("status-500") {
+            status(StatusCode::INTERNAL_SERVER_ERROR, "injected backend failure")
+        } else if json["stream"].as_bool() == Some(true) && !path.ends_with("/embeddings") {
+            let close_after = (fault.as_deref() == Some("close")).then_some(1);
+            self.stream(model, chunks, interval, close_after)
+        } else {
+            Response::new(full(self.canned(&path, &model, &json).to_string()))
+        };
+        let digest = hex::encode(Sha256::digest(&body));
+        let headers = response.headers_mut();
+        for (name, value) in [
+            ("x-backend-body-sha256", digest),
+            ("x-backend-body-length", body.len().to_string()),
+            ("x-backend-path", path),
+            ("x-backend-connection", connection.to_string()),
+            ("x-backend-headers", echo_headers),
+            ("x-backend-credential", credential),
+        ] {
+            if let Ok(value) = value.parse() {
+                headers.insert(name, value);
+            }
+        }
+        response
+    }
+
+    fn canned(&self, path: &str, model: &str, request: &serde_json::Value) -> serde_json::Value {
+        let created = unix_micros() / 1_000_000;
+        if path.ends_with("/embeddings") {
+            let dimensions = request["dimensions"].as_u64().map_or(self.args.dimensions, |d| d as usize);
+            let embedding: Vec<f32> = (0..dimensions).map(|i| (i as f32 * 0.001).sin()).collect();
+            return serde_json::json!({
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
+                "model": model,
+                "usage": {"prompt_tokens": 3, "total_tokens": 3},
+            });
+        }
+        let usage = serde_json::json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5});
+        if path.ends_with("/chat/completions") {
+            serde_json::json!({
+                "id": "chatcmpl-test", "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello there"},
+                             "finish_reason": "stop"}],
+                "usage": usage,
+            })
+        } else {
+            serde_json::json!({
+                "id": "cmpl-test", "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": "hello there", "finish_reason": "stop"}],
+                "usage": usage,
+            })
+        }
+    }
+
+    /// Streams `chunks` events `interval` apart, each stamped with its send time, then `[DONE]`.
+    fn stream(&self, model: String, chunks: u32, interval: Duration, close_after: Option<u32>) -> Response<Body> {
+        let (mut sender, body) = Channel::<Bytes, std::io::Error>::new(4);
+        let stats = self.stats.clone();
+        let created = unix_micros() / 1_000_000;
+        let task = async move {
+            for index in 0..chunks {
+                if index > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                if close_after == Some(index) {
+                    sender.abort(std::io::Error::other("injected close mid-stream"));
+                    return;
+                }
+                let event = serde_json::json!({
+                    "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": created,
+                    "model": model, "sent_at_us": unix_micros().to_string(),
+                    "choices": [{"index": 0, "delta": {"content": format!("tok{index} ")}, "finish_reason": null}],
+                });
+                if sender.send(Frame::data(Bytes::from(format!("data: {event}\n\n")))).await.is_err() {
+                    stats.cancelled_streams.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            let _ = sender.send(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+        };
+        tokio::spawn(task);
+        let mut response = Response::new(body.boxed());
+        response
+            .headers_mut()
+            .insert("content-type", "text/event-stream".parse().expect("static header"));
+        response.headers_mut().insert("cache-control", "no-cache".parse().expect("static header"));
+        response
+    }
+}
+
+fn status(code: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": {"message": message, "type": "server_error", "code": code.as_u16()}});
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = code;
+    response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+    response
+}

@@ -1,0 +1,370 @@
+//! `config.yaml`: the node's own settings (seed-era keys in camelCase, Go-style durations).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ethers_core::types::Address;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::yaml::{self, typed};
+use super::{ConfigError, ConfigErrors};
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "node",
+    "logger",
+    "registry",
+    "rpcProvider",
+    "schedulerAddress",
+    "nonceCache",
+    "proxy",
+    "limits",
+    "auth",
+];
+
+/// The validated contents of `config.yaml`.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    /// The node's own key file (written by `fxn accounts new`).
+    pub key_file: Option<PathBuf>,
+    pub log: LogSettings,
+    pub registry: RegistrySettings,
+    pub nonce_cache: NonceCacheSettings,
+    pub proxy: ProxySettings,
+    pub limits: Limits,
+    pub auth: AuthSettings,
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = super::read_file(path, "node config (config.yaml)")?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses the text of a `config.yaml`; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        let mut document = yaml::parse_document(path, text)?;
+        let mut errors = ConfigErrors::default();
+        for key in document.keys() {
+            let known = key.as_str().is_some_and(|k| TOP_LEVEL_KEYS.contains(&k));
+            if !known {
+                errors.push(ConfigError::new(
+                    path,
+                    yaml_key_name(key),
+                    format!("unknown key; the keys are: {}", TOP_LEVEL_KEYS.join(", ")),
+                ));
+            }
+        }
+        let mut section = |key: &str| document.remove(key).unwrap_or(Value::Null);
+        let node: NodeSection = typed(path, "node", section("node"), &mut errors);
+        let logger: LogSettings = typed(path, "logger", section("logger"), &mut errors);
+        let registry_section: RegistrySection = typed(path, "registry", section("registry"), &mut errors);
+        let rpc_provider: RpcProvider = typed(path, "rpcProvider", section("rpcProvider"), &mut errors);
+        let scheduler: SchedulerAddress =
+            typed(path, "schedulerAddress", section("schedulerAddress"), &mut errors);
+        let nonce_cache: NonceCacheSettings = typed(path, "nonceCache", section("nonceCache"), &mut errors);
+        let proxy: ProxySettings = typed(path, "proxy", section("proxy"), &mut errors);
+        let limits: Limits = typed(path, "limits", section("limits"), &mut errors);
+        let auth: AuthSettings = typed(path, "auth", section("auth"), &mut errors);
+
+        if node.listen_port == 0 {
+            errors.push(ConfigError::new(path, "node.listenPort", "must be a port from 1 to 65535"));
+        }
+        if limits.max_body_bytes == 0 {
+            errors.push(ConfigError::new(path, "limits.maxBodyBytes", "must be at least 1 byte"));
+        }
+        if nonce_cache.max_entries == 0 {
+            errors.push(ConfigError::new(path, "nonceCache.maxEntries", "must be at least 1"));
+        }
+        if nonce_cache.ttl < auth.max_clock_skew {
+            errors.push(ConfigError::new(
+                path,
+                "nonceCache.ttl",
+                format!(
+                    "must be at least auth.maxClockSkew ({}): a nonce forgotten sooner could be replayed",
+                    humantime::format_duration(auth.max_clock_skew)
+                ),
+            ));
+        }
+
+        errors.into_result(NodeConfig {
+            listen: SocketAddr::new(node.listen_address, node.listen_port),
+            key_file: node.key_file,
+            log: logger,
+            registry: RegistrySettings {
+                router_contract: registry_section.router_smart_contract_address,
+                gateway_poll_interval: registry_section.gateway.poll_interval,
+                scheduler_poll_interval: registry_section.scheduler.poll_interval,
+                provider_poll_interval: registry_section.provider.poll_interval,
+                rpc_provider: rpc_provider.0,
+                scheduler_address: scheduler.0,
+                static_signers: registry_section.static_signers,
+            },
+            nonce_cache,
+            proxy,
+            limits,
+            auth,
+        })
+    }
+}
+
+fn yaml_key_name(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct NodeSection {
+    listen_port: u16,
+    listen_address: IpAddr,
+    key_file: Option<PathBuf>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            listen_port: 8080,
+            listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            key_file: None,
+        }
+    }
+}
+
+/// `logger`: the default log level; `RUST_LOG`, when set, overrides it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct LogSettings {
+    pub verbosity: log::LevelFilter,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { verbosity: log::LevelFilter::Info }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct RegistrySection {
+    #[serde(deserialize_with = "yaml::optional_address")]
+    router_smart_contract_address: Option<Address>,
+    gateway: PollSection,
+    scheduler: PollSection,
+    provider: PollSection,
+    #[serde(rename = "static")]
+    static_signers: StaticSigners,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct PollSection {
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    poll_interval: Duration,
+}
+
+impl Default for PollSection {
+    fn default() -> Self {
+        Self { poll_interval: Duration::from_secs(60) }
+    }
+}
+
+/// `registry.static`: signers trusted in addition to the on-chain registries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct StaticSigners {
+    #[serde(deserialize_with = "yaml::addresses")]
+    pub gateways: Vec<Address>,
+    #[serde(deserialize_with = "yaml::addresses")]
+    pub schedulers: Vec<Address>,
+}
+
+#[derive(Default, Deserialize)]
+struct RpcProvider(#[serde(deserialize_with = "yaml::optional_http_url")] Option<url::Url>);
+
+#[derive(Default, Deserialize)]
+struct SchedulerAddress(#[serde(deserialize_with = "yaml::optional_address")] Option<Address>);
+
+/// `registry`, `rpcProvider` and `schedulerAddress`: where the trusted signers come from.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub router_contract: Option<Address>,
+    pub gateway_poll_interval: Duration,
+    pub scheduler_poll_interval: Duration,
+    pub provider_poll_interval: Duration,
+    pub rpc_provider: Option<url::Url>,
+    pub scheduler_address: Option<Address>,
+    pub static_signers: StaticSigners,
+}
+
+/// `nonceCache`: how long used nonces are remembered, how often expired ones are purged,
+/// and the bound on how many are held.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct NonceCacheSettings {
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub ttl: Duration,
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub cleanup_interval: Duration,
+    pub max_entries: usize,
+}
+
+impl Default for NonceCacheSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            cleanup_interval: Duration::from_secs(60),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// `proxy`: timeouts and pooling of backend connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ProxySettings {
+    /// Seed-era key; when set it overrides `upstream_keepalive_pool_size` of the server conf.
+    pub max_idle_conns: Option<usize>,
+    /// How long an idle pooled backend connection is kept.
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub idle_conn_timeout: Duration,
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub connect_timeout: Duration,
+    /// The longest wait for any read from a backend, the first token included.
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub read_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            max_idle_conns: None,
+            idle_conn_timeout: Duration::from_secs(90),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `limits`: bounds on what a caller may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_body_bytes: 32 * 1024 * 1024 }
+    }
+}
+
+/// `auth`: how signed requests are checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct AuthSettings {
+    /// How far `X-Timestamp` may be from the node's clock, either way.
+    #[serde(deserialize_with = "yaml::duration")]
+    pub max_clock_skew: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self { max_clock_skew: Duration::from_secs(300) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigErrors> {
+        NodeConfig::parse(Path::new("config.yaml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.limits.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(config.proxy.read_timeout, Duration::from_secs(300));
+        assert_eq!(config.nonce_cache.max_entries, 1_000_000);
+    }
+
+    #[test]
+    fn seed_era_file_loads() {
+        let config = parse(
+            r#"
+node: {listenPort: 9090, listenAddress: "0.0.0.0"}
+logger: {verbosity: "debug"}
+registry:
+  routerSmartContractAddress: "0x63bb292Cf4C94c4FE34756D650b66cdb34E376bB"
+  gateway: {pollInterval: "1m"}
+  scheduler: {pollInterval: "2m"}
+  provider: {pollInterval: "1h"}
+rpcProvider: "https://rpc.example.org"
+schedulerAddress: "0x9EC5501b7db525648C46098CCe1Df11EbBA9c16a"
+nonceCache: {ttl: "5m", cleanupInterval: "10m"}
+proxy: {maxIdleConns: 100, idleConnTimeout: "90s"}
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(config.log.verbosity, log::LevelFilter::Debug);
+        assert_eq!(config.registry.scheduler_poll_interval, Duration::from_secs(120));
+        assert_eq!(config.registry.provider_poll_interval, Duration::from_secs(3600));
+        assert_eq!(config.proxy.max_idle_conns, Some(100));
+        assert!(config.registry.scheduler_address.is_some());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key_path() {
+        let errors = parse(
+            r#"
+colour: blue
+node: {listenPort: 0}
+proxy: {readTimeout: "soon"}
+limits: {maxBodyBytes: 0}
+registry: {gateway: {pollInterval: "0s"}}
+schedulerAddress: "0x12"
+"#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "colour",
+            "node.listenPort",
+            "proxy.readTimeout",
+            "limits.maxBodyBytes",
+            "registry.gateway.pollInterval",
+            "schedulerAddress",
+        ] {
+            assert!(keys.contains(&expected), "no error for {expected} in {errors}");
+        }
+        assert!(errors.to_string().contains("config.yaml: `proxy.readTimeout`"));
+    }
+
+    #[test]
+    fn unknown_nested_key_is_named() {
+        let errors = parse("proxy: {readTimeOut: 5s}").unwrap_err();
+        let message = errors.to_string();
+        assert!(message.contains("readTimeOut"), "{message}");
+        assert!(message.contains("readTimeout"), "should list the known keys: {message}");
+    }
+
+    #[test]
+    fn nonce_ttl_shorter_than_clock_window_is_refused() {
+        let errors = parse("nonceCache: {ttl: 1m}\nauth: {maxClockSkew: 5m}").unwrap_err();
+        assert_eq!(errors.0[0].key, "nonceCache.ttl");
+    }
+
+    #[test]
+    fn not_a_mapping_is_refused() {
+        let errors = parse("- a\n- b").unwrap_err();
+        assert!(errors.to_string().contains("mapping"));
+    }
+}

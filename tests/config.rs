@@ -1,0 +1,89 @@
+//! `fxn config check` and `fxn start` on good and bad files: every error named, no panic.
+
+mod support;
+
+use std::path::Path;
+
+use support::*;
+
+const GOOD_MODELS: &str = "models:\n  m: {url: \"http://127.0.0.1:9\"}\n";
+
+fn check(files: &NodeFiles) -> (i32, String, String) {
+    let mut args = vec!["config", "check"];
+    let file_args = files.file_args();
+    args.extend(file_args.iter().map(String::as_str));
+    run_fxn(&args, files.dir.path())
+}
+
+#[test]
+fn shipped_files_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, stdout, stderr) = run_fxn(&["config", "check"], root);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("ok:"), "{stdout}");
+}
+
+#[test]
+fn check_reports_every_error_of_every_file() {
+    let files = NodeFiles::new(
+        "models:\n  a: {url: \"ftp://x\"}\n  b: {url: \"http://x\", auth: {tokn: 1}}\n",
+        "proxy:\n  readTimeout: \"soon\"\nlimits: {maxBodyBytes: 0}\nnonceCach: {}\n",
+    );
+    std::fs::write(files.path("fxn.yaml"), "version: 1\nthreads: 0\ngrace_period: 3\n").unwrap();
+    let (code, _, stderr) = check(&files);
+    assert_eq!(code, 1);
+    for expected in [
+        "config.yaml: `proxy.readTimeout`: `soon` is not a duration",
+        "config.yaml: `limits.maxBodyBytes`",
+        "config.yaml: `nonceCach`: unknown key",
+        "model_backend.yaml: `models.a.url`",
+        "model_backend.yaml: `models.b.auth.tokn`",
+        "fxn.yaml: `grace_period`",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn missing_files_are_named() {
+    let files = NodeFiles::new(GOOD_MODELS, "");
+    std::fs::remove_file(files.path("model_backend.yaml")).unwrap();
+    let (code, _, stderr) = check(&files);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("model_backend.yaml: cannot read"), "{stderr}");
+}
+
+#[test]
+fn start_refuses_bad_config_without_panicking() {
+    let files = NodeFiles::new("models:\n  m: {url: \"http://127.0.0.1:9\", auth: {}}\n", "");
+    std::fs::write(files.path("fxn.yaml"), "threads: [1, 2]\n").unwrap();
+    let mut args = vec!["start"];
+    let file_args = files.file_args();
+    args.extend(file_args.iter().map(String::as_str));
+    let (code, _, stderr) = run_fxn(&args, files.dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("models.m.auth") && stderr.contains("invalid server conf"), "{stderr}");
+}
+
+#[test]
+fn start_with_pingora_test_flag_validates_and_exits() {
+    let files = NodeFiles::new(GOOD_MODELS, "");
+    let mut args = vec!["start", "-t"];
+    let file_args = files.file_args();
+    args.extend(file_args.iter().map(String::as_str));
+    let (code, _, stderr) = run_fxn(&args, files.dir.path());
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn version_and_help_everywhere() {
+    let here = Path::new(".");
+    let (code, stdout, _) = run_fxn(&["--version"], here);
+    assert_eq!((code, stdout.trim()), (0, format!("fxn {}", env!("CARGO_PKG_VERSION")).as_str()));
+    for args in [&["start", "--help"][..], &["config", "check", "--help"], &["config", "check", "--version"]] {
+        let (code, stdout, _) = run_fxn(args, here);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(!stdout.is_empty());
+    }
+}

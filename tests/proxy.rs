@@ -1,0 +1,260 @@
+//! The proxy end to end: the real `fxn` in front of the real test backend.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const RETRY_BUFFER: usize = 64 * 1024;
+
+async fn post(node: &Node, path: &str, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(node.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request to fxn")
+}
+
+async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("an OpenAI-style JSON error");
+    (status, body["error"].clone())
+}
+
+#[tokio::test]
+async fn bodies_of_every_size_reach_the_backend_byte_identical() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&backend.url(), "");
+    for size in [1024, RETRY_BUFFER, RETRY_BUFFER + 1, 5 * 1024 * 1024] {
+        let body = chat_body(size, false);
+        let response = post(&node, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(response.status(), 200, "size {size}: {}", node.log());
+        assert_eq!(header(&response, "x-backend-body-length"), size.to_string());
+        assert_eq!(header(&response, "x-backend-body-sha256"), sha256_hex(&body), "size {size}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["object"], "chat.completion");
+    }
+}
+
+#[tokio::test]
+async fn each_endpoint_is_forwarded_to_the_same_path_under_the_backend_url() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&format!("{}/base/", backend.url()), "");
+    for (path, object) in [
+        ("/v1/chat/completions", "chat.completion"),
+        ("/v1/completions", "text_completion"),
+        ("/v1/embeddings", "list"),
+    ] {
+        let body = br#"{"model":"fxn/test-model","input":"hi","prompt":"hi"}"#.to_vec();
+        let response = post(&node, path, body).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-backend-path"), format!("/base{path}"));
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["object"], object, "{path}");
+    }
+}
+
+/// Reads an SSE response, returning each event's data with the time it arrived.
+async fn read_events(mut response: reqwest::Response) -> Vec<(String, u128)> {
+    let mut events = Vec::new();
+    let mut pending = String::new();
+    while let Some(chunk) = response.chunk().await.expect("stream chunk") {
+        let arrived = unix_micros();
+        pending.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            events.push((event.trim().trim_start_matches("data: ").to_string(), arrived));
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn sse_events_pass_one_by_one_on_both_paths() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&backend.url(), "");
+    for size in [512, RETRY_BUFFER + 1] {
+        let response = reqwest::Client::new()
+            .post(node.url("/v1/chat/completions"))
+            .header("x-test-chunks", "5")
+            .header("x-test-interval-ms", "200")
+            .body(chat_body(size, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "content-type"), "text/event-stream");
+        let events = read_events(response).await;
+        assert_eq!(events.len(), 6, "5 events and [DONE]: {events:?}");
+        assert_eq!(events[5].0, "[DONE]");
+        let sent_at: Vec<u128> = events[..5]
+            .iter()
+            .map(|(data, _)| {
+                let event: serde_json::Value = serde_json::from_str(data).unwrap();
+                event["sent_at_us"].as_str().unwrap().parse().unwrap()
+            })
+            .collect();
+        // The client holds each event before the backend sends the next one.
+        for i in 0..4 {
+            let arrived = events[i].1;
+            assert!(
+                arrived < sent_at[i + 1],
+                "body {size}: event {i} arrived at {arrived}, after event {} was sent at {}",
+                i + 1,
+                sent_at[i + 1]
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn client_leaving_mid_stream_cancels_the_backend_request() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&backend.url(), "");
+    for (round, size) in [512, RETRY_BUFFER + 1].into_iter().enumerate() {
+        let mut response = reqwest::Client::new()
+            .post(node.url("/v1/chat/completions"))
+            .header("x-test-chunks", "50")
+            .header("x-test-interval-ms", "100")
+            .body(chat_body(size, true))
+            .send()
+            .await
+            .unwrap();
+        response.chunk().await.unwrap().expect("a first event");
+        drop(response);
+        let mut cancelled = 0;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cancelled = backend.stats().await["cancelled_streams"].as_u64().unwrap();
+            if cancelled > round as u64 {
+                break;
+            }
+        }
+        assert_eq!(cancelled, round as u64 + 1, "body {size}: the backend kept streaming");
+    }
+}
+
+#[tokio::test]
+async fn caller_signing_and_hop_headers_are_dropped_and_backend_auth_added() {
+    let backend = TestBackend::start();
+    let models = format!(
+        "models:\n  bearer: {{url: \"{0}\", auth: {{bearer_token: \"tok\"}}}}\n  keyed: {{url: \"{0}\", auth: {{api_key: \"k3y\"}}}}\n  plain: {{url: \"{0}\"}}\n",
+        backend.url()
+    );
+    let node = Node::start(NodeFiles::new(&models, ""));
+    for (model, credential) in [("bearer", "authorization=Bearer tok"), ("keyed", "x-api-key=k3y"), ("plain", "")] {
+        let response = reqwest::Client::new()
+            .post(node.url("/v1/chat/completions"))
+            .header("x-address", "0x0172b2911af6A2491ff76dDEc34aCb7AE2c03BA1")
+            .header("x-public-key", "04ab")
+            .header("x-signature", "00")
+            .header("x-timestamp", "1700000000")
+            .header("x-nonce", "abc")
+            .header("authorization", "Bearer from-the-caller")
+            .header("x-custom", "kept")
+            .header("connection", "x-hop")
+            .header("x-hop", "dropped")
+            .body(format!(r#"{{"model":"{model}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let seen = header(&response, "x-backend-headers").to_string();
+        for gone in ["x-address", "x-public-key", "x-signature", "x-timestamp", "x-nonce", "x-hop", "connection"] {
+            assert!(!seen.split(',').any(|h| h == gone), "{gone} reached the backend: {seen}");
+        }
+        assert!(seen.split(',').any(|h| h == "x-custom"), "{seen}");
+        assert_eq!(header(&response, "x-backend-credential"), credential, "{model}");
+    }
+}
+
+#[tokio::test]
+async fn host_header_names_the_backend() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&format!("http://localhost:{}", backend.addr.port()), "");
+    let response = post(&node, "/v1/completions", br#"{"model":"fxn/test-model"}"#.to_vec()).await;
+    assert_eq!(response.status(), 200, "{}", node.log());
+    // The backend echoes the names; the value is checked by routing's unit test.
+    assert!(header(&response, "x-backend-headers").split(',').any(|h| h == "host"));
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_style_errors() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&backend.url(), "limits:\n  maxBodyBytes: 100000\n");
+    let client = reqwest::Client::new();
+
+    let (status, error) = error_of(post(&node, "/v1/chat/completions", b"{nope".to_vec()).await).await;
+    assert_eq!((status, error["code"].as_str()), (400, Some("invalid_json")));
+    assert_eq!(error["type"], "invalid_request_error");
+
+    let (status, error) = error_of(post(&node, "/v1/chat/completions", br#"{"messages":[]}"#.to_vec()).await).await;
+    assert_eq!((status, error["code"].as_str()), (400, Some("missing_model")));
+
+    let (status, error) = error_of(post(&node, "/v1/embeddings", br#"{"model":"gpt-5"}"#.to_vec()).await).await;
+    assert_eq!((status, error["code"].as_str()), (404, Some("model_not_found")));
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("gpt-5") && message.contains("fxn/test-model"), "{message}");
+
+    let (status, error) = error_of(post(&node, "/v1/chat/completions", chat_body(100_001, false)).await).await;
+    assert_eq!((status, error["code"].as_str()), (413, Some("body_too_large")));
+
+    // A chunked body declares no length: the cap applies as it arrives.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(vec![b' '; 60_000]), Ok(vec![b' '; 60_000])];
+    let response = client
+        .post(node.url("/v1/chat/completions"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!((status, error["code"].as_str()), (413, Some("body_too_large")));
+
+    let (status, error) = error_of(post(&node, "/v2/anything", b"{}".to_vec()).await).await;
+    assert_eq!((status, error["code"].as_str()), (404, Some("unknown_path")));
+
+    let response = client.get(node.url("/v1/chat/completions")).send().await.unwrap();
+    assert_eq!(header(&response, "allow"), "POST");
+    let (status, error) = error_of(response).await;
+    assert_eq!((status, error["code"].as_str()), (405, Some("method_not_allowed")));
+
+    // The node is still healthy after all of that.
+    assert_eq!(client.get(node.url("/health")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn model_list_and_default_entry() {
+    let backend = TestBackend::start();
+    let models = format!("models:\n  alpha: {{url: \"{0}\"}}\n  beta: {{url: \"{0}\"}}\n  default: {{url: \"{0}/fallback\"}}\n", backend.url());
+    let node = Node::start(NodeFiles::new(&models, ""));
+    let list: serde_json::Value = reqwest::get(node.url("/v1/models")).await.unwrap().json().await.unwrap();
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["alpha", "beta"]);
+    let response = post(&node, "/v1/completions", br#"{"model":"unlisted"}"#.to_vec()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-backend-path"), "/fallback/v1/completions");
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_across_200_requests() {
+    let backend = TestBackend::start_with(&["--chunks", "3", "--interval-ms", "1"]);
+    let node = Node::start_for(&backend.url(), "");
+    let client = reqwest::Client::new();
+    for i in 0..200 {
+        let size = if i % 2 == 0 { 700 } else { RETRY_BUFFER + 100 };
+        let stream = i % 4 < 2;
+        let response = client.post(node.url("/v1/chat/completions")).body(chat_body(size, stream)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        let body = response.bytes().await.unwrap();
+        assert!(!body.is_empty());
+    }
+    let stats = backend.stats().await;
+    let connections = stats["connections"].as_u64().unwrap();
+    assert_eq!(stats["requests"], 200);
+    // One pooled connection for Pingora's path and one for the relay; a few to spare.
+    assert!(connections <= 4, "{connections} backend connections for 200 sequential requests");
+}
