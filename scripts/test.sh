@@ -5,9 +5,14 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)   # pingora's zlib-ng
+command -v curl >/dev/null || need_apt+=(curl)     # the request scripts
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+
+# The independent signer (eth-account) and the official OpenAI client the tests drive the node with.
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    "eth-account>=0.13,<0.15" "openai>=1.50,<4" "httpx>=0.27,<1"
 
 cargo test --locked --all-targets "$@"

@@ -1,12 +1,13 @@
-//! The `fxn` command line: `fxn start`, `fxn config check`.
+//! The `fxn` command line: `fxn start`, `fxn config check`, `fxn accounts`, `fxn sign`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use pingora::server::configuration::Opt;
 
 use crate::config::{self, ConfigPaths, Settings};
+use crate::keys::NodeKey;
 
 #[derive(Parser)]
 #[command(name = "fxn", version, about = "Function Network provider node", propagate_version = true)]
@@ -24,6 +25,53 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Create and inspect key files.
+    #[command(alias = "account")]
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Print the signed-request headers for a body, one `Name: value` per line (for curl -H).
+    /// The key comes from --key-file or the PRIVATE_KEY environment variable.
+    Sign(SignArgs),
+}
+
+#[derive(Subcommand)]
+enum AccountsCommand {
+    /// Write a new key file (mode 0600) and print its address.
+    New {
+        /// Where to write it.
+        #[arg(long, value_name = "PATH", default_value = "node_key.json")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the address and public key of a key file.
+    #[command(alias = "get")]
+    Show {
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// The request body, as it will be sent.
+    #[arg(long, value_name = "PATH")]
+    body_file: PathBuf,
+    /// A key file; without it the hex key in PRIVATE_KEY signs.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// Unix seconds to sign with (default: now).
+    #[arg(long)]
+    timestamp: Option<i64>,
+    /// Nonce to sign with (default: 16 random hex digits).
+    #[arg(long)]
+    nonce: Option<String>,
+    /// Send X-Public-Key (older clients) instead of X-Address.
+    #[arg(long)]
+    public_key: bool,
 }
 
 #[derive(Subcommand)]
@@ -65,7 +113,81 @@ pub fn run() -> ExitCode {
     match Cli::parse().command {
         Command::Start(args) => start(args),
         Command::Config { command: ConfigCommand::Check(args) } => check(args),
+        Command::Accounts { command: AccountsCommand::New { out, force } } => accounts_new(&out, force),
+        Command::Accounts { command: AccountsCommand::Show { path } } => accounts_show(&path),
+        Command::Sign(args) => sign(args),
     }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("fxn: {message}");
+    ExitCode::FAILURE
+}
+
+fn accounts_new(out: &Path, force: bool) -> ExitCode {
+    let key = NodeKey::generate();
+    match key.write(out, force) {
+        Ok(()) => {
+            println!("{}", key.checksummed_address());
+            eprintln!("key written to {} (mode 0600); keep it secret", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn accounts_show(path: &Path) -> ExitCode {
+    match NodeKey::load(path) {
+        Ok(key) => {
+            println!("address: {}", key.checksummed_address());
+            println!("public_key: {}", key.public_key_hex());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn sign(args: SignArgs) -> ExitCode {
+    let key = match &args.key_file {
+        Some(path) => NodeKey::load(path).map_err(|e| e.to_string()),
+        None => std::env::var("PRIVATE_KEY")
+            .map_err(|_| "set PRIVATE_KEY (64 hex digits) or pass --key-file".to_string())
+            .and_then(|hex| NodeKey::from_private_key_hex(&hex).map_err(|e| format!("PRIVATE_KEY: {e}"))),
+    };
+    let key = match key {
+        Ok(key) => key,
+        Err(e) => return fail(e),
+    };
+    let body = match std::fs::read(&args.body_file) {
+        Ok(body) => body,
+        Err(e) => return fail(format!("{}: {e}", args.body_file.display())),
+    };
+    let timestamp = args.timestamp.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    });
+    let nonce = args.nonce.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    match crate::auth::sign_request(&key.signing_key, &body, timestamp, &nonce, args.public_key) {
+        Ok(headers) => {
+            for (name, value) in headers {
+                println!("{name}: {value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("signing failed: {e}")),
+    }
+}
+
+/// The node's own key, when `node.keyFile` names one.
+fn load_node_key(settings: &Settings) -> Result<Option<NodeKey>, ExitCode> {
+    settings
+        .node
+        .key_file
+        .as_deref()
+        .map(NodeKey::load)
+        .transpose()
+        .map_err(|e| fail(format!("node.keyFile: {e}")))
 }
 
 fn start(args: StartArgs) -> ExitCode {
@@ -82,8 +204,12 @@ fn start(args: StartArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(errors) => return report_config_errors(&errors),
     };
+    let node_key = match load_node_key(&settings) {
+        Ok(key) => key,
+        Err(code) => return code,
+    };
     init_logging(settings.node.log.verbosity);
-    crate::server::run(settings, args.pingora)
+    crate::server::run(settings, node_key, args.pingora)
 }
 
 fn check(args: CheckArgs) -> ExitCode {
@@ -93,7 +219,10 @@ fn check(args: CheckArgs) -> ExitCode {
         server_conf: args.server_conf,
     };
     match Settings::load(&paths) {
-        Ok(_) => {
+        Ok(settings) => {
+            if let Err(code) = load_node_key(&settings) {
+                return code;
+            }
             println!(
                 "ok: {}, {} and {} are valid",
                 paths.config.display(),

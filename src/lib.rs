@@ -1,8 +1,12 @@
 //! fxn-node: the Function Network's provider node, an authenticating OpenAI-compatible proxy
 //! in front of an operator's inference servers, built on Pingora.
 
+pub mod auth;
+pub mod challenge;
 pub mod cli;
 pub mod config;
+pub mod keys;
 pub mod proxy;
+pub mod registry;
 pub mod routing;
 pub mod server;

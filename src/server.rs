@@ -1,18 +1,25 @@
-//! Builds Pingora's server from validated settings and runs it.
+//! Builds Pingora's server from validated settings: the proxy service and the background
+//! services beside it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use pingora::connectors::http::Connector;
-use pingora::server::configuration::Opt;
-use pingora::server::Server;
 use pingora::connectors::ConnectorOptions;
+use pingora::server::configuration::Opt;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
 
+use crate::auth::{Authenticator, NonceStore, K256};
 use crate::config::Settings;
+use crate::keys::NodeKey;
 use crate::proxy::NodeProxy;
+use crate::registry::{publicly_known_keys, StaticRegistry};
 use crate::routing::Router;
 
 /// Runs the node until it is told to stop; Pingora handles `-d`, `-t` and `-u` itself.
-pub fn run(settings: Settings, opt: Opt) -> ! {
+pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     let Settings { node, models, mut server } = settings;
     if let Some(pool_size) = node.proxy.max_idle_conns {
         server.upstream_keepalive_pool_size = pool_size;
@@ -20,18 +27,68 @@ pub fn run(settings: Settings, opt: Opt) -> ! {
     let mut pingora_server = Server::new_with_opt_and_conf(opt, server);
     pingora_server.bootstrap();
 
+    let registry = StaticRegistry::from_settings(&node.registry);
+    warn_about_public_keys(&registry);
+    let nonces = Arc::new(NonceStore::new(node.nonce_cache.max_entries));
+    let auth = Arc::new(Authenticator::new(
+        K256,
+        Arc::new(registry),
+        nonces.clone(),
+        node.auth.max_clock_skew,
+        node.nonce_cache.ttl,
+    ));
+    pingora_server.add_service(background_service(
+        "nonce sweeper",
+        NonceSweeper { nonces, interval: node.nonce_cache.cleanup_interval },
+    ));
+
     let conf = pingora_server.configuration.clone();
     let router = Arc::new(Router::new(&models, &node.proxy));
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&conf)));
-    let proxy = NodeProxy::new(router, node.limits.clone(), connector);
+    let proxy = NodeProxy::new(auth, router, node.limits.clone(), connector);
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "fxn proxy");
     service.add_tcp(&node.listen.to_string());
     pingora_server.add_service(service);
     log::info!(
-        "fxn {} listening on {} serving {} model entries",
+        "fxn {} listening on {} serving {} model entries; node address {}",
         env!("CARGO_PKG_VERSION"),
         node.listen,
-        models.models.len() + usize::from(models.default.is_some())
+        models.models.len() + usize::from(models.default.is_some()),
+        node_key.map_or_else(|| "not set (node.keyFile)".to_string(), |key| key.checksummed_address()),
     );
     pingora_server.run_forever()
+}
+
+fn warn_about_public_keys(registry: &StaticRegistry) {
+    let known = publicly_known_keys();
+    for (role, address) in registry.entries() {
+        if let Some((_, name)) = known.iter().find(|(known, _)| known == address) {
+            log::warn!(
+                "!!! TRUSTING A PUBLIC TEST KEY: {address:?} ({name}) is trusted as a {role}. Its private key is \
+                 public, so anyone can sign requests as it. Remove it from registry.static before serving real traffic."
+            );
+        }
+    }
+}
+
+/// Purges expired nonces every `nonceCache.cleanupInterval`.
+struct NonceSweeper {
+    nonces: Arc<NonceStore>,
+    interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for NonceSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticks = tokio::time::interval(self.interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = ticks.tick() => {
+                    let purged = self.nonces.purge_expired(Instant::now());
+                    log::debug!("purged {purged} expired nonces; {} held", self.nonces.len());
+                }
+            }
+        }
+    }
 }

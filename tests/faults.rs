@@ -5,10 +5,8 @@ mod support;
 use support::*;
 
 async fn chat(node: &Node, fault: &str, size: usize, stream: bool) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(node.url("/v1/chat/completions"))
+    gateway_post(node, "/v1/chat/completions", chat_body(size, stream))
         .header("x-test-fault", fault)
-        .body(chat_body(size, stream))
         .send()
         .await
         .expect("request to fxn")

@@ -9,13 +9,7 @@ use support::*;
 const RETRY_BUFFER: usize = 64 * 1024;
 
 async fn post(node: &Node, path: &str, body: Vec<u8>) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(node.url(path))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request to fxn")
+    gateway_post(node, path, body).send().await.expect("request to fxn")
 }
 
 async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
@@ -77,11 +71,9 @@ async fn sse_events_pass_one_by_one_on_both_paths() {
     let backend = TestBackend::start();
     let node = Node::start_for(&backend.url(), "");
     for size in [512, RETRY_BUFFER + 1] {
-        let response = reqwest::Client::new()
-            .post(node.url("/v1/chat/completions"))
+        let response = gateway_post(&node, "/v1/chat/completions", chat_body(size, true))
             .header("x-test-chunks", "5")
             .header("x-test-interval-ms", "200")
-            .body(chat_body(size, true))
             .send()
             .await
             .unwrap();
@@ -115,11 +107,9 @@ async fn client_leaving_mid_stream_cancels_the_backend_request() {
     let backend = TestBackend::start();
     let node = Node::start_for(&backend.url(), "");
     for (round, size) in [512, RETRY_BUFFER + 1].into_iter().enumerate() {
-        let mut response = reqwest::Client::new()
-            .post(node.url("/v1/chat/completions"))
+        let mut response = gateway_post(&node, "/v1/chat/completions", chat_body(size, true))
             .header("x-test-chunks", "50")
             .header("x-test-interval-ms", "100")
-            .body(chat_body(size, true))
             .send()
             .await
             .unwrap();
@@ -146,18 +136,20 @@ async fn caller_signing_and_hop_headers_are_dropped_and_backend_auth_added() {
     );
     let node = Node::start(NodeFiles::new(&models, ""));
     for (model, credential) in [("bearer", "authorization=Bearer tok"), ("keyed", "x-api-key=k3y"), ("plain", "")] {
-        let response = reqwest::Client::new()
-            .post(node.url("/v1/chat/completions"))
-            .header("x-address", "0x0172b2911af6A2491ff76dDEc34aCb7AE2c03BA1")
-            .header("x-public-key", "04ab")
-            .header("x-signature", "00")
-            .header("x-timestamp", "1700000000")
-            .header("x-nonce", "abc")
+        // Signed with X-Public-Key as well as X-Address: neither may reach the backend.
+        let body = format!(r#"{{"model":"{model}"}}"#).into_bytes();
+        let key = gateway_key();
+        let signed = fxn_node::auth::sign_request(&key.signing_key, &body, now_unix(), model, true).unwrap();
+        let mut request = gateway_post(&node, "/v1/chat/completions", body);
+        for (name, value) in signed {
+            request = request.header(name, value);
+        }
+        let response = request
+            .header("x-address", format!("{:?}", key.address))
             .header("authorization", "Bearer from-the-caller")
             .header("x-custom", "kept")
             .header("connection", "x-hop")
             .header("x-hop", "dropped")
-            .body(format!(r#"{{"model":"{model}"}}"#))
             .send()
             .await
             .unwrap();
@@ -230,7 +222,13 @@ async fn model_list_and_default_entry() {
     let backend = TestBackend::start();
     let models = format!("models:\n  alpha: {{url: \"{0}\"}}\n  beta: {{url: \"{0}\"}}\n  default: {{url: \"{0}/fallback\"}}\n", backend.url());
     let node = Node::start(NodeFiles::new(&models, ""));
-    let list: serde_json::Value = reqwest::get(node.url("/v1/models")).await.unwrap().json().await.unwrap();
+    let list: serde_json::Value = signed_request(&gateway_key(), reqwest::Method::GET, node.url("/v1/models"), Vec::new())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["object"], "list");
     let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["alpha", "beta"]);
@@ -243,11 +241,10 @@ async fn model_list_and_default_entry() {
 async fn upstream_connections_are_reused_across_200_requests() {
     let backend = TestBackend::start_with(&["--chunks", "3", "--interval-ms", "1"]);
     let node = Node::start_for(&backend.url(), "");
-    let client = reqwest::Client::new();
     for i in 0..200 {
         let size = if i % 2 == 0 { 700 } else { RETRY_BUFFER + 100 };
         let stream = i % 4 < 2;
-        let response = client.post(node.url("/v1/chat/completions")).body(chat_body(size, stream)).send().await.unwrap();
+        let response = gateway_post(&node, "/v1/chat/completions", chat_body(size, stream)).send().await.unwrap();
         assert_eq!(response.status(), 200, "request {i}");
         let body = response.bytes().await.unwrap();
         assert!(!body.is_empty());

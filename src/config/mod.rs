@@ -17,6 +17,7 @@ pub use node::{
     RegistrySettings, StaticSigners,
 };
 pub use server_conf::load_server_conf;
+pub use yaml::{parse_address, parse_duration, parse_http_url};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config.yaml";
 pub const DEFAULT_MODEL_BACKEND_PATH: &str = "model_backend.yaml";

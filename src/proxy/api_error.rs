@@ -6,6 +6,8 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
 
+use crate::auth::AuthError;
+use crate::challenge::ChallengeError;
 use crate::routing::RoutingError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,13 +16,13 @@ pub struct ApiError {
     pub kind: &'static str,
     pub code: &'static str,
     pub message: String,
-    /// The methods a path accepts, sent as `Allow` with a 405.
-    pub allow: Option<&'static str>,
+    /// A header the status calls for: `Allow` with a 405, `Retry-After` with a 503.
+    pub header: Option<(http::HeaderName, &'static str)>,
 }
 
 impl ApiError {
     pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, code, message: message.into(), allow: None }
+        Self { status, kind, code, message: message.into(), header: None }
     }
 
     pub fn invalid_request(status: u16, code: &'static str, message: impl Into<String>) -> Self {
@@ -29,7 +31,7 @@ impl ApiError {
 
     pub fn method_not_allowed(allow: &'static str) -> Self {
         Self {
-            allow: Some(allow),
+            header: Some((http::header::ALLOW, allow)),
             ..Self::invalid_request(405, "method_not_allowed", format!("this path accepts {allow} only"))
         }
     }
@@ -51,8 +53,8 @@ impl ApiError {
         let mut header = ResponseHeader::build(self.status, Some(4))?;
         header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        if let Some(allow) = self.allow {
-            header.insert_header(http::header::ALLOW, allow)?;
+        if let Some((name, value)) = &self.header {
+            header.insert_header(name.clone(), *value)?;
         }
         session.write_response_header(Box::new(header), false).await?;
         session.write_response_body(Some(body), true).await
@@ -95,6 +97,26 @@ impl ApiError {
             )),
             _ => Some(Self::new(500, "server_error", "internal_error", "the node failed to handle the request")),
         }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let mut api_error = Self::new(error.status(), "authentication_error", error.code(), error.to_string());
+        if error == AuthError::NonceStoreFull {
+            api_error.header = Some((http::header::RETRY_AFTER, "1"));
+        }
+        api_error
+    }
+}
+
+impl From<ChallengeError> for ApiError {
+    fn from(error: ChallengeError) -> Self {
+        let code = match error {
+            ChallengeError::Malformed(_) => "invalid_challenge",
+            ChallengeError::UnknownType(_) => "unknown_challenge_type",
+        };
+        Self::invalid_request(400, code, error.to_string())
     }
 }
 

@@ -1,5 +1,5 @@
 //! The node's request path, one Pingora phase at a time: classify the path, read the body,
-//! route by `model`, forward (through `upstream_peer`, or the connector relay for bodies beyond
+//! authenticate the signer, route by `model`, forward (through `upstream_peer`, or the connector relay for bodies beyond
 //! Pingora's retry buffer), and log one line per request.
 
 mod api_error;
@@ -19,6 +19,8 @@ use pingora::upstreams::peer::HttpPeer;
 
 pub use api_error::ApiError;
 
+use crate::auth::{AuthError, Authenticator, Role, Signer};
+use crate::challenge::{self, ChallengeError};
 use crate::config::Limits;
 use crate::routing::{self, ModelRoute, Router};
 
@@ -30,6 +32,7 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    Challenge,
 }
 
 impl Endpoint {
@@ -40,12 +43,13 @@ impl Endpoint {
             "/v1/chat/completions" => (Self::ChatCompletions, "POST"),
             "/v1/completions" => (Self::Completions, "POST"),
             "/v1/embeddings" => (Self::Embeddings, "POST"),
+            "/challenge" => (Self::Challenge, "POST"),
             _ => {
                 return Err(ApiError::invalid_request(
                     404,
                     "unknown_path",
                     "no such path: this node serves POST /v1/chat/completions, /v1/completions, \
-                     /v1/embeddings and GET /v1/models",
+                     /v1/embeddings, /challenge and GET /v1/models",
                 ))
             }
         };
@@ -64,6 +68,7 @@ impl Endpoint {
             Self::ChatCompletions => "/v1/chat/completions",
             Self::Completions => "/v1/completions",
             Self::Embeddings => "/v1/embeddings",
+            Self::Challenge => "/challenge",
         }
     }
 }
@@ -75,6 +80,7 @@ pub struct RequestCtx {
     route: Option<Arc<ModelRoute>>,
     peer: Option<HttpPeer>,
     body_len: usize,
+    signer: Option<Signer>,
 }
 
 /// How `request_filter` ended.
@@ -104,6 +110,18 @@ impl From<routing::RoutingError> for Rejected {
     }
 }
 
+impl From<AuthError> for Rejected {
+    fn from(error: AuthError) -> Self {
+        Self::Api(error.into())
+    }
+}
+
+impl From<ChallengeError> for Rejected {
+    fn from(error: ChallengeError) -> Self {
+        Self::Api(error.into())
+    }
+}
+
 impl From<body::BodyError> for Rejected {
     fn from(error: body::BodyError) -> Self {
         match error {
@@ -114,6 +132,7 @@ impl From<body::BodyError> for Rejected {
 }
 
 pub struct NodeProxy {
+    auth: Arc<Authenticator>,
     router: Arc<Router>,
     limits: Limits,
     /// Backend connections for the relay path; pooled like Pingora's own.
@@ -121,8 +140,8 @@ pub struct NodeProxy {
 }
 
 impl NodeProxy {
-    pub fn new(router: Arc<Router>, limits: Limits, connector: Connector) -> Self {
-        Self { router, limits, connector }
+    pub fn new(auth: Arc<Authenticator>, router: Arc<Router>, limits: Limits, connector: Connector) -> Self {
+        Self { auth, router, limits, connector }
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Handled, Rejected> {
@@ -134,19 +153,39 @@ impl NodeProxy {
                 Ok(Handled::Answered)
             }
             Endpoint::ModelList => {
+                self.authenticate(session, ctx, Role::Gateway).await?;
                 let list = Bytes::from(self.router.model_list().to_string());
                 respond(session, 200, "application/json", list).await?;
                 Ok(Handled::Answered)
             }
+            Endpoint::Challenge => {
+                let body = self.authenticate(session, ctx, Role::Scheduler).await?;
+                let answer = Bytes::from(challenge::answer(&body)?.to_string());
+                respond(session, 200, "application/json", answer).await?;
+                Ok(Handled::Answered)
+            }
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
-                self.forward_inference(session, ctx).await
+                let body = self.authenticate(session, ctx, Role::Gateway).await?;
+                self.forward_inference(session, ctx, body).await
             }
         }
     }
 
-    async fn forward_inference(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Handled, Rejected> {
+    /// Reads the body and checks that a signer in `role` signed it; nothing else runs for a
+    /// request that fails here.
+    async fn authenticate(&self, session: &mut Session, ctx: &mut RequestCtx, role: Role) -> Result<Bytes, Rejected> {
         let body = body::read_whole(session, self.limits.max_body_bytes).await?;
         ctx.body_len = body.len();
+        ctx.signer = Some(self.auth.verify(&session.req_header().headers, &body, role)?);
+        Ok(body)
+    }
+
+    async fn forward_inference(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+    ) -> Result<Handled, Rejected> {
         let model = body::model_of(&body)?;
         log::debug!("request for model {model:?}");
         let route = self.router.select(&model)?;
@@ -200,6 +239,7 @@ impl ProxyHttp for NodeProxy {
             route: None,
             peer: None,
             body_len: 0,
+            signer: None,
         }
     }
 
@@ -287,17 +327,22 @@ impl ProxyHttp for NodeProxy {
             .route
             .as_ref()
             .map_or(("-", "-"), |route| (route.entry.as_str(), route.url.as_str()));
+        let signer = ctx
+            .signer
+            .map_or_else(|| "-".to_string(), |s| format!("{}:{:?}", s.role, s.address));
         let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         let method = &session.req_header().method;
+        let line = format!(
+            "{method} {path} signer={signer} model={model} backend={backend} status={status} body_bytes={} duration_ms={elapsed_ms:.1}",
+            ctx.body_len
+        );
         match error {
-            None => log::info!(
-                "{method} {path} model={model} backend={backend} status={status} body_bytes={} duration_ms={elapsed_ms:.1}",
-                ctx.body_len
-            ),
-            Some(e) => log::warn!(
-                "{method} {path} model={model} backend={backend} status={status} body_bytes={} duration_ms={elapsed_ms:.1} error={e}",
-                ctx.body_len
-            ),
+            None => log::info!("{line}"),
+            // Pingora's error text can quote the request; it stays at debug.
+            Some(e) => {
+                log::warn!("{line} error={}", e.etype().as_str());
+                log::debug!("{line} error={e}");
+            }
         }
     }
 }
@@ -314,7 +359,7 @@ mod tests {
         assert_eq!(Endpoint::classify(&get, "/v1/models").unwrap(), Endpoint::ModelList);
         assert_eq!(Endpoint::classify(&http::Method::HEAD, "/health").unwrap(), Endpoint::Health);
         let wrong = Endpoint::classify(&get, "/v1/chat/completions").unwrap_err();
-        assert_eq!((wrong.status, wrong.allow), (405, Some("POST")));
+        assert_eq!((wrong.status, wrong.header), (405, Some((http::header::ALLOW, "POST"))));
         assert_eq!(Endpoint::classify(&post, "/v2/chat").unwrap_err().status, 404);
     }
 }

@@ -79,7 +79,10 @@ impl NodeFiles {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
-            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {port}\nlogger:\n  verbosity: debug\n{config_extra}"
+            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {port}\nlogger:\n  verbosity: debug\n\
+             registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
+            gateway_key().address,
+            scheduler_key().address,
         );
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         std::fs::write(dir.path().join("model_backend.yaml"), model_backend).unwrap();
@@ -164,6 +167,44 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The gateway and scheduler the test nodes trust.
+pub fn gateway_key() -> fxn_node::keys::NodeKey {
+    fxn_node::keys::NodeKey::from_private_key_hex(&"11".repeat(32)).unwrap()
+}
+
+pub fn scheduler_key() -> fxn_node::keys::NodeKey {
+    fxn_node::keys::NodeKey::from_private_key_hex(&"22".repeat(32)).unwrap()
+}
+
+pub fn now_unix() -> i64 {
+    (unix_micros() / 1_000_000) as i64
+}
+
+/// A request signed by `key` with a fresh nonce.
+pub fn signed_request(
+    key: &fxn_node::keys::NodeKey,
+    method: reqwest::Method,
+    url: String,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let nonce = format!("{:016x}", rand::random::<u64>());
+    let headers = fxn_node::auth::sign_request(&key.signing_key, &body, now_unix(), &nonce, false).unwrap();
+    let mut request = reqwest::Client::new().request(method, url).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    request.body(body)
+}
+
+pub fn signed_post(key: &fxn_node::keys::NodeKey, url: String, body: Vec<u8>) -> reqwest::RequestBuilder {
+    signed_request(key, reqwest::Method::POST, url, body)
+}
+
+/// A POST to `node` signed by the trusted gateway.
+pub fn gateway_post(node: &Node, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+    signed_post(&gateway_key(), node.url(path), body)
 }
 
 /// Runs `fxn` with `args` to completion: (exit code, stdout, stderr).

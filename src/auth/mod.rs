@@ -1,0 +1,247 @@
+//! Signed-request authentication (PROTOCOL §1) and role authorization: who signed this request,
+//! is it fresh, and may that signer call this route.
+
+mod curve;
+mod headers;
+mod nonce;
+mod signing;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ethers_core::types::Address;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+pub use curve::{CurveVerifier, K256};
+pub use headers::SignedHeaders;
+pub use nonce::{NonceOutcome, NonceStore};
+pub use signing::sign_request;
+
+/// What a signer is registered as; each route needs one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Gateway,
+    Scheduler,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Gateway => "gateway",
+            Self::Scheduler => "scheduler",
+        })
+    }
+}
+
+/// Who is registered as what. The registries implement it (static lists now, the chain later).
+pub trait SignerDirectory: Send + Sync {
+    fn has_role(&self, address: &Address, role: Role) -> bool;
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signer {
+    pub address: Address,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    #[error("malformed {header} header: {reason}")]
+    BadEncoding { header: &'static str, reason: String },
+    #[error("X-Timestamp is {skew_secs} s from the node's clock; at most {max_secs} s either way is accepted")]
+    StaleTimestamp { skew_secs: i64, max_secs: u64 },
+    #[error("X-Address and X-Public-Key name different signers")]
+    SignerMismatch,
+    #[error("invalid signature")]
+    InvalidSignature,
+    #[error("signer is not registered")]
+    NotRegistered,
+    #[error("signer is registered, but not as a {0}")]
+    WrongRole(Role),
+    #[error("nonce already used")]
+    NonceReused,
+    #[error("the node is holding as many recent nonces as it may (nonceCache.maxEntries); retry shortly")]
+    NonceStoreFull,
+}
+
+impl AuthError {
+    /// The HTTP status, as the network's existing nodes answer.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadEncoding { .. } => 400,
+            Self::NonceStoreFull => 503,
+            _ => 401,
+        }
+    }
+
+    /// A stable code per reason, for clients to act on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingHeader(_) => "missing_header",
+            Self::BadEncoding { .. } => "bad_signature_encoding",
+            Self::StaleTimestamp { .. } => "stale_timestamp",
+            Self::SignerMismatch | Self::InvalidSignature => "invalid_signature",
+            Self::NotRegistered => "not_registered",
+            Self::WrongRole(_) => "wrong_role",
+            Self::NonceReused => "nonce_reused",
+            Self::NonceStoreFull => "nonce_store_full",
+        }
+    }
+}
+
+/// Bound on public keys remembered per address; only registered signers get in, so it is
+/// reached only if the registries are huge, and then the cache starts over.
+const MAX_CACHED_KEYS: usize = 65_536;
+
+/// Checks signed requests: form, freshness, signature, role and nonce, in the order that keeps
+/// the expensive curve math for registered signers and records a nonce only for a request
+/// that passed everything else.
+pub struct Authenticator<V: CurveVerifier = K256> {
+    curve: V,
+    directory: Arc<dyn SignerDirectory>,
+    nonces: Arc<NonceStore>,
+    max_clock_skew: Duration,
+    nonce_ttl: Duration,
+    /// Public keys recovered for `X-Address` requests, so later ones verify instead of
+    /// recovering (verification costs about half of a recovery).
+    keys_by_address: RwLock<HashMap<Address, V::PublicKey>>,
+}
+
+impl<V: CurveVerifier> Authenticator<V> {
+    pub fn new(
+        curve: V,
+        directory: Arc<dyn SignerDirectory>,
+        nonces: Arc<NonceStore>,
+        max_clock_skew: Duration,
+        nonce_ttl: Duration,
+    ) -> Self {
+        Self {
+            curve,
+            directory,
+            nonces,
+            max_clock_skew,
+            nonce_ttl,
+            keys_by_address: RwLock::default(),
+        }
+    }
+
+    pub fn nonce_store(&self) -> &Arc<NonceStore> {
+        &self.nonces
+    }
+
+    /// Authenticates a request to a route that needs `role`.
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8], role: Role) -> Result<Signer, AuthError> {
+        let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        self.verify_at(headers, body, role, now_unix)
+    }
+
+    /// [`Self::verify`] with the node's clock reading `now_unix`.
+    pub fn verify_at(&self, headers: &HeaderMap, body: &[u8], role: Role, now_unix: i64) -> Result<Signer, AuthError> {
+        let signed = SignedHeaders::parse(headers)?;
+        let skew_secs = signed.timestamp.saturating_sub(now_unix);
+        let max_secs = self.max_clock_skew.as_secs();
+        if skew_secs.unsigned_abs() > max_secs {
+            return Err(AuthError::StaleTimestamp { skew_secs, max_secs });
+        }
+
+        let header_key = signed
+            .public_key
+            .as_deref()
+            .map(|sec1| {
+                self.curve.parse_public_key(sec1).ok_or(AuthError::BadEncoding {
+                    header: "X-Public-Key",
+                    reason: "not a point on secp256k1".into(),
+                })
+            })
+            .transpose()?;
+        let address = match (signed.address, &header_key) {
+            (Some(claimed), Some(key)) if self.curve.address_of(key) != claimed => {
+                return Err(AuthError::SignerMismatch)
+            }
+            (Some(claimed), _) => claimed,
+            (None, Some(key)) => self.curve.address_of(key),
+            (None, None) => return Err(AuthError::MissingHeader("X-Address")),
+        };
+        self.authorize(&address, role)?;
+
+        let (rs, v) = signed.signature.split_at(64);
+        let rs: &[u8; 64] = rs.try_into().map_err(|_| AuthError::InvalidSignature)?;
+        let recovery = match v[0] {
+            27 | 28 => v[0] - 27,
+            0 | 1 => v[0],
+            other => {
+                return Err(AuthError::BadEncoding {
+                    header: "X-Signature",
+                    reason: format!("recovery byte v is {other}; it must be 27, 28, 0 or 1"),
+                })
+            }
+        };
+        let body_hash = hex::encode(Sha256::digest(body));
+        let digest = ethers_core::utils::hash_message(signed.signed_message(&body_hash)).0;
+        let authentic = match header_key {
+            Some(key) => self.curve.verify(&key, &digest, rs),
+            None => self.verify_for_address(&address, &digest, rs, recovery),
+        };
+        if !authentic {
+            return Err(AuthError::InvalidSignature);
+        }
+
+        // Kept until the timestamp leaves the window (a future-dated request stays valid
+        // longer than the TTL), and at least for nonceCache.ttl.
+        let valid_for = (signed.timestamp + max_secs as i64 - now_unix).max(0) as u64;
+        let expires = Instant::now() + self.nonce_ttl.max(Duration::from_secs(valid_for));
+        match self.nonces.record(address, &signed.nonce, expires, Instant::now()) {
+            NonceOutcome::Recorded => Ok(Signer { address, role }),
+            NonceOutcome::Reused => Err(AuthError::NonceReused),
+            NonceOutcome::Full => Err(AuthError::NonceStoreFull),
+        }
+    }
+
+    fn authorize(&self, address: &Address, role: Role) -> Result<(), AuthError> {
+        if self.directory.has_role(address, role) {
+            return Ok(());
+        }
+        let other = match role {
+            Role::Gateway => Role::Scheduler,
+            Role::Scheduler => Role::Gateway,
+        };
+        if self.directory.has_role(address, other) {
+            Err(AuthError::WrongRole(role))
+        } else {
+            Err(AuthError::NotRegistered)
+        }
+    }
+
+    fn verify_for_address(&self, address: &Address, digest: &[u8; 32], rs: &[u8; 64], recovery: u8) -> bool {
+        let cached = self
+            .keys_by_address
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(address)
+            .cloned();
+        if let Some(key) = cached {
+            return self.curve.verify(&key, digest, rs);
+        }
+        let Some(key) = self.curve.recover(digest, rs, recovery) else {
+            return false;
+        };
+        if self.curve.address_of(&key) != *address {
+            return false;
+        }
+        let mut keys = self.keys_by_address.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        keys.insert(*address, key);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
