@@ -329,6 +329,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn https_backends_get_tls_with_their_host_as_sni() {
+        use pingora::upstreams::peer::Peer;
+        let router = router("models: {a: {url: 'https://localhost:8443'}, b: {url: 'http://127.0.0.1:8000'}}");
+        let tls = router.peer(&router.select("a").unwrap()).await.unwrap();
+        assert!(tls.is_tls());
+        assert_eq!(tls.sni(), "localhost");
+        assert_eq!(tls.address().to_string().rsplit(':').next(), Some("8443"));
+        let plain = router.peer(&router.select("b").unwrap()).await.unwrap();
+        assert!(!plain.is_tls());
+        assert_eq!(plain.options.read_timeout, Some(ProxySettings::default().read_timeout));
+    }
+
+    #[tokio::test]
     async fn unresolvable_host_is_an_error_not_a_panic() {
         let router = router("models: {a: {url: 'http://no-such-host.invalid:8000'}}");
         let route = router.select("a").unwrap();

@@ -11,7 +11,7 @@ use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use crate::auth::{Authenticator, NonceStore, K256};
+use crate::auth::{Authenticator, DefaultCurve, NonceStore};
 use crate::config::Settings;
 use crate::keys::NodeKey;
 use crate::proxy::NodeProxy;
@@ -31,7 +31,7 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     warn_about_public_keys(&registry);
     let nonces = Arc::new(NonceStore::new(node.nonce_cache.max_entries));
     let auth = Arc::new(Authenticator::new(
-        K256,
+        DefaultCurve::default(),
         Arc::new(registry),
         nonces.clone(),
         node.auth.max_clock_skew,

@@ -39,7 +39,104 @@ impl CurveVerifier for K256 {
 
     fn recover(&self, digest: &[u8; 32], signature: &[u8; 64], recovery: u8) -> Option<VerifyingKey> {
         let signature = Signature::from_slice(signature).ok()?;
+        // k256 recovers from either S; the high-S twin must be refused like verification does.
+        if signature.normalize_s().is_some() {
+            return None;
+        }
         let recovery = RecoveryId::from_byte(recovery)?;
         VerifyingKey::recover_from_prehash(digest, &signature, recovery).ok()
+    }
+}
+
+/// libsecp256k1 (Bitcoin Core's C library, vendored by the `secp256k1` crate): about 2.7× faster
+/// verification and 5× faster recovery than k256, as Ethereum clients use for sender recovery.
+#[cfg(feature = "libsecp256k1")]
+pub struct LibSecp256k1 {
+    context: secp256k1::Secp256k1<secp256k1::VerifyOnly>,
+}
+
+#[cfg(feature = "libsecp256k1")]
+impl Default for LibSecp256k1 {
+    fn default() -> Self {
+        Self { context: secp256k1::Secp256k1::verification_only() }
+    }
+}
+
+#[cfg(feature = "libsecp256k1")]
+impl CurveVerifier for LibSecp256k1 {
+    type PublicKey = secp256k1::PublicKey;
+
+    fn parse_public_key(&self, sec1: &[u8]) -> Option<secp256k1::PublicKey> {
+        secp256k1::PublicKey::from_slice(sec1).ok()
+    }
+
+    fn address_of(&self, key: &secp256k1::PublicKey) -> Address {
+        let hash = ethers_core::utils::keccak256(&key.serialize_uncompressed()[1..]);
+        Address::from_slice(&hash[12..])
+    }
+
+    fn verify(&self, key: &secp256k1::PublicKey, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
+        // libsecp256k1 accepts only low-S signatures here.
+        secp256k1::ecdsa::Signature::from_compact(signature).is_ok_and(|signature| {
+            self.context
+                .verify_ecdsa(&secp256k1::Message::from_digest(*digest), &signature, key)
+                .is_ok()
+        })
+    }
+
+    fn recover(&self, digest: &[u8; 32], signature: &[u8; 64], recovery: u8) -> Option<secp256k1::PublicKey> {
+        // Recovery accepts either S; its high-S twin must be refused like verification does.
+        let mut normalized = secp256k1::ecdsa::Signature::from_compact(signature).ok()?;
+        normalized.normalize_s();
+        if normalized.serialize_compact() != *signature {
+            return None;
+        }
+        let recovery = secp256k1::ecdsa::RecoveryId::try_from(i32::from(recovery)).ok()?;
+        let signature = secp256k1::ecdsa::RecoverableSignature::from_compact(signature, recovery).ok()?;
+        self.context
+            .recover_ecdsa(&secp256k1::Message::from_digest(*digest), &signature)
+            .ok()
+    }
+}
+
+/// The backend the node verifies with: libsecp256k1 when built with the `libsecp256k1`
+/// feature (the default), k256 otherwise.
+#[cfg(feature = "libsecp256k1")]
+pub type DefaultCurve = LibSecp256k1;
+#[cfg(not(feature = "libsecp256k1"))]
+pub type DefaultCurve = K256;
+
+#[cfg(all(test, feature = "libsecp256k1"))]
+mod tests {
+    use super::*;
+    use k256::ecdsa::SigningKey;
+
+    /// Both backends agree on every outcome for the same inputs.
+    #[test]
+    fn backends_agree() {
+        let (k256, lib) = (K256, LibSecp256k1::default());
+        for seed in 1..=20u8 {
+            let key = SigningKey::from_slice(&[seed; 32]).unwrap();
+            let digest: [u8; 32] = ethers_core::utils::keccak256([seed]);
+            let (signature, recovery) = key.sign_prehash_recoverable(&digest).unwrap();
+            let rs: [u8; 64] = signature.to_bytes().into();
+            let sec1 = key.verifying_key().to_encoded_point(false);
+            let k_key = k256.parse_public_key(sec1.as_bytes()).unwrap();
+            let l_key = lib.parse_public_key(sec1.as_bytes()).unwrap();
+            assert_eq!(k256.address_of(&k_key), lib.address_of(&l_key));
+            assert!(k256.verify(&k_key, &digest, &rs) && lib.verify(&l_key, &digest, &rs));
+            let recovered = lib.recover(&digest, &rs, recovery.to_byte()).unwrap();
+            assert_eq!(lib.address_of(&recovered), k256.address_of(&k_key));
+            let other_digest = ethers_core::utils::keccak256([seed, 1]);
+            assert!(!k256.verify(&k_key, &other_digest, &rs) && !lib.verify(&l_key, &other_digest, &rs));
+            let (r, s) = signature.split_scalars();
+            let high: [u8; 64] = k256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes())
+                .unwrap()
+                .to_bytes()
+                .into();
+            assert!(!k256.verify(&k_key, &digest, &high) && !lib.verify(&l_key, &digest, &high));
+            let flipped = 1 - recovery.to_byte();
+            assert!(k256.recover(&digest, &high, flipped).is_none() && lib.recover(&digest, &high, flipped).is_none());
+        }
     }
 }

@@ -15,7 +15,9 @@ use ethers_core::types::Address;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-pub use curve::{CurveVerifier, K256};
+pub use curve::{CurveVerifier, DefaultCurve, K256};
+#[cfg(feature = "libsecp256k1")]
+pub use curve::LibSecp256k1;
 pub use headers::SignedHeaders;
 pub use nonce::{NonceOutcome, NonceStore};
 pub use signing::sign_request;
@@ -102,7 +104,7 @@ const MAX_CACHED_KEYS: usize = 65_536;
 /// Checks signed requests: form, freshness, signature, role and nonce, in the order that keeps
 /// the expensive curve math for registered signers and records a nonce only for a request
 /// that passed everything else.
-pub struct Authenticator<V: CurveVerifier = K256> {
+pub struct Authenticator<V: CurveVerifier = DefaultCurve> {
     curve: V,
     directory: Arc<dyn SignerDirectory>,
     nonces: Arc<NonceStore>,

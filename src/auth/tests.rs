@@ -47,7 +47,7 @@ fn fixture_with(max_nonces: usize) -> Fixture {
         schedulers: [address_of(&scheduler)].into(),
     };
     let auth = Authenticator::new(
-        K256,
+        DefaultCurve::default(),
         Arc::new(directory),
         Arc::new(NonceStore::new(max_nonces)),
         Duration::from_secs(300),

@@ -18,6 +18,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 pub use api_error::ApiError;
+pub use body::model_of;
 
 use crate::auth::{AuthError, Authenticator, Role, Signer};
 use crate::challenge::{self, ChallengeError};
@@ -321,6 +322,11 @@ impl ProxyHttp for NodeProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let level = if error.is_some() { log::Level::Warn } else { log::Level::Info };
+        // This runs for every request: build the line only when it will be written.
+        if !log::log_enabled!(level) {
+            return;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let path = ctx.endpoint.map_or("(unknown path)", Endpoint::path);
         let (model, backend) = ctx
