@@ -255,3 +255,32 @@ async fn upstream_connections_are_reused_across_200_requests() {
     // One pooled connection for Pingora's path and one for the relay; a few to spare.
     assert!(connections <= 4, "{connections} backend connections for 200 sequential requests");
 }
+
+#[tokio::test]
+async fn https_backends_work_on_both_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certificate.cert.pem()).unwrap();
+    std::fs::write(&key, certificate.key_pair.serialize_pem()).unwrap();
+    let backend = TestBackend::start_with(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let models = format!("models:\n  \"fxn/test-model\": {{url: \"https://localhost:{}\"}}\n", backend.addr.port());
+    // Untrusted, the backend's certificate is refused.
+    let untrusting = Node::start(NodeFiles::new(&models, ""));
+    let response = post(&untrusting, "/v1/chat/completions", chat_body(1024, false)).await;
+    assert_eq!(response.status(), 502);
+    drop(untrusting);
+
+    let files = NodeFiles::new(&models, "");
+    // The node trusts the backend's self-signed certificate through Pingora's `ca_file`.
+    let mut conf = std::fs::read_to_string(files.path("fxn.yaml")).unwrap();
+    conf.push_str(&format!("ca_file: {}\n", cert.display()));
+    std::fs::write(files.path("fxn.yaml"), conf).unwrap();
+    let node = Node::start(files);
+    for size in [1024, RETRY_BUFFER + 1] {
+        let body = chat_body(size, false);
+        let response = post(&node, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(response.status(), 200, "size {size}: {}", node.log());
+        assert_eq!(header(&response, "x-backend-body-sha256"), sha256_hex(&body));
+    }
+}

@@ -43,6 +43,12 @@ struct Args {
     /// Floats per embedding.
     #[arg(long, default_value_t = 8)]
     dimensions: usize,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -62,6 +68,10 @@ struct Backend {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
     let backend = Arc::new(Backend { args, stats: Arc::default() });
@@ -71,17 +81,45 @@ async fn main() -> std::io::Result<()> {
         let connection = backend.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let fd = stream.as_raw_fd();
         let backend = backend.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let backend = backend.clone();
-                async move { Ok::<_, Infallible>(backend.handle(request, connection, fd).await) }
-            });
-            // Errors here are the faults this backend injects, or callers that left.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve(stream, backend, connection, fd).await;
+                    }
+                }
+                None => serve(stream, backend, connection, fd).await,
+            }
         });
     }
+}
+
+async fn serve<S>(stream: S, backend: Arc<Backend>, connection: u64, fd: RawFd)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let backend = backend.clone();
+        async move { Ok::<_, Infallible>(backend.handle(request, connection, fd).await) }
+    });
+    // Errors here are the faults this backend injects, or callers that left.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls;
+    let read = |path: &std::path::Path| std::fs::read(path).map(std::io::Cursor::new);
+    let chain = rustls_pemfile::certs(&mut read(cert)?).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut read(key)?)?
+        .ok_or_else(|| std::io::Error::other(format!("no private key in {}", key.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(std::io::Error::other)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn header_value<T: std::str::FromStr>(request: &Request<Incoming>, name: &str) -> Option<T> {

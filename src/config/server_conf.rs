@@ -57,10 +57,27 @@ pub fn parse_server_conf(path: &Path, text: &str) -> Result<ServerConf, ConfigEr
             "must be at least 1, or every backend request opens a new connection",
         ));
     }
+    if let Some(ca_file) = &conf.ca_file {
+        if let Err(reason) = check_ca_file(Path::new(ca_file)) {
+            errors.push(ConfigError::new(path, "ca_file", reason));
+        }
+    }
     conf.grace_period_seconds.get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
     conf.graceful_shutdown_timeout_seconds
         .get_or_insert(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS);
     errors.into_result(conf)
+}
+
+/// Pingora panics when it cannot load `ca_file` (the roots it trusts for HTTPS backends).
+fn check_ca_file(ca_file: &Path) -> Result<(), String> {
+    let pem = std::fs::read(ca_file).map_err(|e| format!("cannot read {}: {e}", ca_file.display()))?;
+    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not PEM: {e}", ca_file.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{} holds no PEM certificate", ca_file.display()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -83,6 +100,17 @@ mod tests {
     fn misspelt_key_is_named() {
         let errors = parse("thread: 2").unwrap_err();
         assert_eq!(errors.0[0].key, "thread");
+    }
+
+    #[test]
+    fn unusable_ca_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        for ca_file in [not_pem, dir.path().join("absent.pem")] {
+            let errors = parse(&format!("ca_file: {}", ca_file.display())).unwrap_err();
+            assert_eq!(errors.0[0].key, "ca_file", "{errors}");
+        }
     }
 
     #[test]
