@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use ethers_core::utils::to_checksum;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::Opt;
@@ -64,8 +65,9 @@ fn warn_about_public_keys(registry: &StaticRegistry) {
     for (role, address) in registry.entries() {
         if let Some((_, name)) = known.iter().find(|(known, _)| known == address) {
             log::warn!(
-                "!!! TRUSTING A PUBLIC TEST KEY: {address:?} ({name}) is trusted as a {role}. Its private key is \
-                 public, so anyone can sign requests as it. Remove it from registry.static before serving real traffic."
+                "!!! TRUSTING A PUBLIC TEST KEY: {} ({name}) is trusted as a {role}. Its private key is \
+                 public, so anyone can sign requests as it. Remove it from registry.static before serving real traffic.",
+                to_checksum(address, None)
             );
         }
     }
