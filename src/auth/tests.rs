@@ -69,7 +69,7 @@ fn headers(pairs: &[(&str, String)]) -> HeaderMap {
 
 fn signed(key: &SigningKey, body: &[u8], timestamp: i64, nonce: &str, with_public_key: bool) -> HeaderMap {
     let pairs = sign_request(key, body, timestamp, nonce, with_public_key).unwrap();
-    headers(&pairs.into_iter().map(|(n, v)| (n, v)).collect::<Vec<_>>())
+    headers(&pairs)
 }
 
 impl Fixture {

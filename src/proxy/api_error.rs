@@ -49,15 +49,7 @@ impl ApiError {
 
     /// Writes the response; the caller returns `Ok(true)` from `request_filter` afterwards.
     pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
-        let body = self.json_body();
-        let mut header = ResponseHeader::build(self.status, Some(4))?;
-        header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        if let Some((name, value)) = &self.header {
-            header.insert_header(name.clone(), *value)?;
-        }
-        session.write_response_header(Box::new(header), false).await?;
-        session.write_response_body(Some(body), true).await
+        write_response(session, self.status, "application/json", self.header.as_ref(), self.json_body()).await
     }
 
     /// What to tell the caller about a failure while reaching the backend; `None` when the
@@ -98,6 +90,24 @@ impl ApiError {
             _ => Some(Self::new(500, "server_error", "internal_error", "the node failed to handle the request")),
         }
     }
+}
+
+/// Writes a whole response that the node answers itself.
+pub(super) async fn write_response(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    extra_header: Option<&(http::HeaderName, &'static str)>,
+    body: Bytes,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    if let Some((name, value)) = extra_header {
+        header.insert_header(name.clone(), *value)?;
+    }
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(body), true).await
 }
 
 impl From<AuthError> for ApiError {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -20,8 +20,8 @@ use pingora::upstreams::peer::HttpPeer;
 pub use api_error::ApiError;
 pub use body::model_of;
 
-use crate::auth::{AuthError, Authenticator, Role, Signer};
-use crate::challenge::{self, ChallengeError};
+use crate::auth::{Authenticator, Role, Signer};
+use crate::challenge;
 use crate::config::Limits;
 use crate::routing::{self, ModelRoute, Router};
 
@@ -99,26 +99,8 @@ enum Rejected {
     Broken(Box<pingora::Error>),
 }
 
-impl From<ApiError> for Rejected {
-    fn from(error: ApiError) -> Self {
-        Self::Api(error)
-    }
-}
-
-impl From<routing::RoutingError> for Rejected {
-    fn from(error: routing::RoutingError) -> Self {
-        Self::Api(error.into())
-    }
-}
-
-impl From<AuthError> for Rejected {
-    fn from(error: AuthError) -> Self {
-        Self::Api(error.into())
-    }
-}
-
-impl From<ChallengeError> for Rejected {
-    fn from(error: ChallengeError) -> Self {
+impl<E: Into<ApiError>> From<E> for Rejected {
+    fn from(error: E) -> Self {
         Self::Api(error.into())
     }
 }
@@ -219,14 +201,9 @@ impl NodeProxy {
 }
 
 async fn respond(session: &mut Session, status: u16, content_type: &str, body: Bytes) -> Result<(), Rejected> {
-    let send = async {
-        let mut header = ResponseHeader::build(status, Some(2))?;
-        header.insert_header(http::header::CONTENT_TYPE, content_type)?;
-        header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        session.write_response_header(Box::new(header), false).await?;
-        session.write_response_body(Some(body), true).await
-    };
-    send.await.map_err(Rejected::Broken)
+    api_error::write_response(session, status, content_type, None, body)
+        .await
+        .map_err(Rejected::Broken)
 }
 
 #[async_trait]
