@@ -107,6 +107,22 @@ async fn full_nonce_store_answers_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn expired_nonces_are_swept_so_a_full_store_recovers() {
+    let backend = TestBackend::start();
+    let config = "auth:\n  maxClockSkew: 2s\nnonceCache:\n  maxEntries: 2\n  ttl: 2s\n  cleanupInterval: 1s\n";
+    let node = Node::start_for(&backend.url(), config);
+    for _ in 0..2 {
+        assert_eq!(gateway_post(&node, "/v1/completions", CHAT.to_vec()).send().await.unwrap().status(), 200);
+    }
+    let full = gateway_post(&node, "/v1/completions", CHAT.to_vec()).send().await.unwrap();
+    assert_eq!(full.status(), 503);
+    // Each nonce is kept until its timestamp leaves the 2 s window, then the sweeper drops it.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let after = gateway_post(&node, "/v1/completions", CHAT.to_vec()).send().await.unwrap();
+    assert_eq!(after.status(), 200, "{}", node.log());
+}
+
+#[tokio::test]
 async fn health_needs_no_signature() {
     let node = Node::start_for("http://127.0.0.1:9", "");
     let response = reqwest::get(node.url("/health")).await.unwrap();
