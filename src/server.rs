@@ -27,6 +27,7 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     }
     let mut pingora_server = Server::new_with_opt_and_conf(opt, server);
     pingora_server.bootstrap();
+    raise_open_file_limit();
 
     let registry = StaticRegistry::from_settings(&node.registry);
     warn_about_public_keys(&registry);
@@ -58,6 +59,15 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
         node_key.map_or_else(|| "not set (node.keyFile)".to_string(), |key| key.checksummed_address()),
     );
     pingora_server.run_forever()
+}
+
+/// Each open stream holds two sockets (caller and backend); a default soft limit of 1,024
+/// would cap the node near 500 streams, so it takes what the hard limit allows.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => log::info!("open file limit: {limit} (about {} concurrent streams)", limit / 2),
+        Err(e) => log::warn!("could not raise the open file limit: {e}"),
+    }
 }
 
 fn warn_about_public_keys(registry: &StaticRegistry) {

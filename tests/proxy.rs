@@ -284,3 +284,14 @@ async fn https_backends_work_on_both_paths() {
         assert_eq!(header(&response, "x-backend-body-sha256"), sha256_hex(&body));
     }
 }
+
+#[test]
+fn node_raises_its_open_file_limit_to_the_hard_limit() {
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    assert!(hard > 1024, "this test needs a hard limit above 1024");
+    let node = Node::start_with_soft_fd_limit(NodeFiles::new("models:\n  m: {url: \"http://127.0.0.1:9\"}\n", ""), 1024);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, [hard.to_string(), hard.to_string()], "{open_files}");
+}

@@ -125,8 +125,26 @@ impl Node {
     }
 
     pub fn start(files: NodeFiles) -> Self {
+        Self::start_with(files, Command::new(FXN))
+    }
+
+    /// Starts the node with the soft open-file limit lowered to `soft` (the hard one kept).
+    pub fn start_with_soft_fd_limit(files: NodeFiles, soft: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(FXN);
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+                rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard)
+            });
+        }
+        Self::start_with(files, command)
+    }
+
+    fn start_with(files: NodeFiles, mut command: Command) -> Self {
         let log = std::fs::File::create(files.path("fxn.log")).unwrap();
-        let child = Command::new(FXN)
+        let child = command
             .arg("start")
             .args(files.file_args())
             .stdout(log.try_clone().unwrap())
@@ -155,6 +173,10 @@ impl Node {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {
