@@ -180,7 +180,10 @@ impl Backend {
             }
             _ => {}
         }
-        tokio::time::sleep(delay).await;
+        // A zero sleep would still wait for tokio's next 1 ms timer tick.
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
 
         let mut response = if fault.as_deref() == Some("status-500") {
             status(StatusCode::INTERNAL_SERVER_ERROR, "injected backend failure")

@@ -1,0 +1,60 @@
+//! One HTTP/1.1 keep-alive connection per caller, with Nagle off so that small writes are not
+//! held back waiting for an ACK.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::requests::RequestSet;
+
+pub type Connection = SendRequest<Full<Bytes>>;
+
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Connection> {
+    let stream = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // The connection task ends when the sender is dropped or the peer closes.
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Sends `request` and reads the whole answer; anything but 2xx is an error carrying the
+/// start of the body, so a report shows why a target refused.
+pub async fn exchange(connection: &mut Connection, request: Request<Full<Bytes>>) -> anyhow::Result<()> {
+    connection.ready().await?;
+    let response = connection.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        anyhow::bail!("status {status}: {text}");
+    }
+    Ok(())
+}
+
+/// Keeps a connection for the next request, opening a new one when the last one closed.
+pub async fn usable(slot: &mut Option<Connection>, addr: SocketAddr) -> anyhow::Result<&mut Connection> {
+    if slot.as_ref().is_none_or(|c| c.is_closed()) {
+        *slot = Some(connect(addr).await?);
+    }
+    Ok(slot.as_mut().expect("set above"))
+}
+
+/// Opens `count` connections and sends one request on each before any clock starts, so that
+/// neither the handshakes nor the proxy's first upstream connections are measured.
+pub async fn warmed_up(addr: SocketAddr, set: &RequestSet, count: usize) -> anyhow::Result<Vec<Connection>> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut connection = connect(addr).await?;
+        let request = set.next().context("no request left to warm up with")?;
+        exchange(&mut connection, request).await.context("warm-up request")?;
+        connections.push(connection);
+    }
+    Ok(connections)
+}

@@ -1,0 +1,139 @@
+//! Load generator for the end-to-end benchmarks: a closed loop, an open loop (latency counted
+//! from each request's intended send time) and SSE streams held open, all over hyper HTTP/1.1
+//! keep-alive connections with TCP_NODELAY. Prints one JSON object per run on stdout.
+
+mod client;
+mod closed;
+mod open;
+mod proc_stats;
+mod requests;
+mod stream;
+mod summary;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use proc_stats::Watched;
+use requests::RequestSpec;
+
+#[derive(Parser)]
+#[command(about = "Load generator for fxn's end-to-end benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// C connections, each sending requests back to back for the duration.
+    Closed {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        request: RequestSpec,
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Bound on the request rate a signed run can sustain: each request needs its own
+        /// nonce, so rate × duration requests are signed before the run.
+        #[arg(long, default_value_t = 12000)]
+        max_rate: u64,
+    },
+    /// A fixed request rate over a fixed set of connections.
+    Open {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        request: RequestSpec,
+        #[arg(long)]
+        rate: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
+    /// S streaming chat requests held open at once, one connection each.
+    Stream {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        request: RequestSpec,
+        #[arg(long)]
+        streams: usize,
+        /// Events each stream carries (sent to the test backend as `x-test-chunks`).
+        #[arg(long)]
+        chunks: u32,
+        /// Pause between events (`x-test-interval-ms`).
+        #[arg(long)]
+        interval_ms: u64,
+        /// Seconds over which the streams' starts are spread evenly.
+        #[arg(long, default_value_t = 1.0)]
+        ramp_s: f64,
+    },
+    /// Prints the address the harness signs as, for the node's `registry.static.gateways`.
+    SignerAddress,
+}
+
+#[derive(Args)]
+struct Common {
+    #[arg(long)]
+    target: SocketAddr,
+    /// Measured seconds (for streams: how long the schedule lasts is chunks × interval).
+    #[arg(long, default_value_t = 5.0)]
+    duration_s: f64,
+    /// Process whose CPU time and RSS are measured; repeat it for a process tree (summed).
+    #[arg(long = "proxy-pid")]
+    proxy_pids: Vec<u32>,
+    /// `key=value` copied into the report.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // One thread: the generator is pinned to one core beside the backend, so more threads would
+    // only contend with it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (common, mut report) = match cli.command {
+        Command::SignerAddress => {
+            println!("{}", requests::signer().checksummed_address());
+            return Ok(());
+        }
+        Command::Closed { common, request, connections, max_rate } => {
+            let count = (max_rate as f64 * common.duration_s).ceil() as usize + connections;
+            let set = request.build(common.target, count, false)?;
+            let watched = Watched::new(common.proxy_pids.clone());
+            let duration = Duration::from_secs_f64(common.duration_s);
+            let report = runtime.block_on(closed::run(common.target, set, connections, duration, &watched))?;
+            (common, report)
+        }
+        Command::Open { common, request, rate, connections } => {
+            let count = (rate as f64 * common.duration_s).ceil() as usize;
+            // One extra request per connection warms it up before the schedule starts.
+            let set = request.build(common.target, count + connections, false)?;
+            let watched = Watched::new(common.proxy_pids.clone());
+            let report = runtime.block_on(open::run(common.target, set, rate, count as u64, connections, &watched))?;
+            (common, report)
+        }
+        Command::Stream { common, mut request, streams, chunks, interval_ms, ramp_s } => {
+            request.headers.push(format!("x-test-chunks:{chunks}"));
+            request.headers.push(format!("x-test-interval-ms:{interval_ms}"));
+            let set = request.build(common.target, streams, true)?;
+            let watched = Watched::new(common.proxy_pids.clone());
+            let plan = stream::Plan {
+                streams,
+                chunks,
+                interval: Duration::from_millis(interval_ms),
+                ramp: Duration::from_secs_f64(ramp_s),
+            };
+            let report = runtime.block_on(stream::run(common.target, set, plan, &watched))?;
+            (common, report)
+        }
+    };
+    report["target"] = common.target.to_string().into();
+    for label in &common.labels {
+        let (key, value) = label.split_once('=').unwrap_or((label, ""));
+        report[key] = value.into();
+    }
+    println!("{report}");
+    Ok(())
+}
