@@ -92,12 +92,17 @@ start_backend() { # cpu
     BACKEND=${ADDR[direct]}
 }
 
+# Records the just-started process of target NAME and waits up to SECONDS for its port.
+track() { # name pid seconds
+    PID[$1]=$2
+    STARTED+=("$2")
+    wait_port "${ADDR[$1]}" "$3"
+}
+
 start_bare() { # cpu
     taskset -c "$1" "$BIN/bare-pingora" --listen "127.0.0.1:${PORT[bare]}" --upstream "$BACKEND" \
         --state-dir "$WORK" >"$WORK/bare.log" 2>&1 &
-    PID[bare]=$!
-    STARTED+=("$!")
-    wait_port "${ADDR[bare]}" 20
+    track bare $! 20
 }
 
 start_fxn() { # cpu
@@ -114,9 +119,7 @@ EOF
         "$dir" "$dir" >"$dir/fxn.yaml"
     taskset -c "$1" "$BIN/fxn" start --config "$dir/config.yaml" --model-backend "$dir/model_backend.yaml" \
         -c "$dir/fxn.yaml" >>"$dir/fxn.log" 2>&1 &
-    PID[fxn]=$!
-    STARTED+=("$!")
-    wait_port "${ADDR[fxn]}" 20
+    track fxn $! 20
 }
 
 start_nginx() { # cpu
@@ -157,9 +160,7 @@ http {
 }
 EOF
     taskset -c "$1" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
-    PID[nginx]=$!
-    STARTED+=("$!")
-    wait_port "${ADDR[nginx]}" 20
+    track nginx $! 20
 }
 
 start_litellm() { # cpu; returns 1 when LiteLLM is missing or does not come up
@@ -179,9 +180,7 @@ EOF
     LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_MASTER_KEY=sk-bench LITELLM_LOG=ERROR \
         taskset -c "$1" litellm --config "$dir/config.yaml" --host 127.0.0.1 --port "${PORT[litellm]}" \
         --num_workers 1 >"$dir/litellm.log" 2>&1 &
-    PID[litellm]=$!
-    STARTED+=("$!")
-    wait_port "${ADDR[litellm]}" 120 || return 1
+    track litellm $! 120 || return 1
     # The port opens before the model list is loaded; one real request proves it serves.
     curl -sf -m 30 "http://${ADDR[litellm]}/v1/chat/completions" -H 'Authorization: Bearer sk-bench' \
         -H 'content-type: application/json' \

@@ -197,8 +197,9 @@ impl<V: CurveVerifier> Authenticator<V> {
         // Kept until the timestamp leaves the window (a future-dated request stays valid
         // longer than the TTL), and at least for nonceCache.ttl.
         let valid_for = (signed.timestamp + max_secs as i64 - now_unix).max(0) as u64;
-        let expires = Instant::now() + self.nonce_ttl.max(Duration::from_secs(valid_for));
-        match self.nonces.record(address, &signed.nonce, expires, Instant::now()) {
+        let now = Instant::now();
+        let expires = now + self.nonce_ttl.max(Duration::from_secs(valid_for));
+        match self.nonces.record(address, &signed.nonce, expires, now) {
             NonceOutcome::Recorded => Ok(Signer { address, role }),
             NonceOutcome::Reused => Err(AuthError::NonceReused),
             NonceOutcome::Full => Err(AuthError::NonceStoreFull),
