@@ -241,25 +241,36 @@ pub fn prepare_upstream_request(
     body_len: usize,
     request: &mut RequestHeader,
 ) -> Result<(), RoutingError> {
-    let path_and_query = request.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = format!("{}{}", route.base_path, path_and_query)
-        .parse::<http::Uri>()
-        .map_err(|e| RoutingError::BadPath(e.to_string()))?;
-    request.set_uri(uri);
+    // Most backends sit at the root: their path is the caller's, and the URI stays as it is.
+    if !route.base_path.is_empty() {
+        let path_and_query = request.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = format!("{}{}", route.base_path, path_and_query)
+            .parse::<http::Uri>()
+            .map_err(|e| RoutingError::BadPath(e.to_string()))?;
+        request.set_uri(uri);
+    }
 
-    let named_by_connection: Vec<HeaderName> = request
+    // One pass over the caller's few headers finds what to drop; removing every listed name
+    // instead would hash and look up each of them on every request.
+    let named_by_connection: Vec<&str> = request
         .headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .map(str::trim)
         .collect();
-    for name in named_by_connection {
+    let stripped: Vec<HeaderName> = request
+        .headers
+        .keys()
+        .filter(|name| {
+            STRIPPED_REQUEST_HEADERS.contains(&name.as_str())
+                || named_by_connection.iter().any(|named| named.eq_ignore_ascii_case(name.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in stripped {
         request.remove_header(&name);
-    }
-    for name in STRIPPED_REQUEST_HEADERS {
-        request.remove_header(*name);
     }
     let set = |request: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
         request
@@ -309,7 +320,7 @@ mod tests {
             ("x-signature", "aa"),
             ("x-address", "0x01"),
             ("authorization", "Bearer caller"),
-            ("connection", "keep-alive, x-custom-hop"),
+            ("connection", "keep-alive, X-Custom-Hop"),
             ("x-custom-hop", "1"),
             ("transfer-encoding", "chunked"),
             ("content-type", "application/json"),
@@ -326,6 +337,17 @@ mod tests {
         for gone in ["x-signature", "x-address", "connection", "x-custom-hop", "transfer-encoding"] {
             assert_eq!(header(gone), None, "{gone} was forwarded");
         }
+    }
+
+    #[test]
+    fn root_backend_keeps_the_callers_path_and_query() {
+        let router = router("models: {a: {url: 'http://127.0.0.1:8000'}}");
+        let mut request = RequestHeader::build("POST", b"/v1/embeddings?trace=1", None).unwrap();
+        request.insert_header("x-nonce", "n").unwrap();
+        prepare_upstream_request(&router.select("a").unwrap(), 7, &mut request).unwrap();
+        assert_eq!(request.uri.to_string(), "/v1/embeddings?trace=1");
+        assert_eq!(request.headers.get("host").unwrap(), "127.0.0.1:8000");
+        assert!(request.headers.get("x-nonce").is_none());
     }
 
     #[tokio::test]

@@ -186,11 +186,46 @@ out.append("\n## Proxy CPU per request (µs)\n")
 columns = [("latency", "1 in flight"), ("saturation", "32 conns")]
 columns += [(f"body-{size}", f"body {label}") for size, label in BODY_SIZES]
 columns += [(f"embeddings-{d}", f"embeddings {d:,}") for d in DIMENSIONS]
+columns += [(f"open-{rate}", f"open {rate:,}/s") for rate in OPEN_RATES]
 rows = []
 for placement in placements:
     for target in TARGETS[1:]:
         rows.append([placement, LABELS[target]] + [cpu(get(placement, s, target)) for s, _ in columns])
 out.append(table(["placement", "target"] + [label for _, label in columns], rows))
+out.append(
+    "\nA closed-loop run measures each target at the rate it can reach, and a proxy's CPU per request falls "
+    "as its rate rises (more requests per wake-up and per system call), so the *open* columns, where every "
+    "target gets the same offered rate, are the like-for-like comparison.\n")
+
+verify_us = meta.get("verify_us")
+out.append("\n## Against the CPU and throughput targets\n")
+if verify_us is None:
+    out.append("The verification micro-benchmark did not run, so the budget is not computed.\n")
+else:
+    out.append(
+        f"Verification micro-benchmark (`cargo bench --bench auth`, `{meta['verify_bench']}`, this run): "
+        f"**{verify_us:.1f} µs**. Budget: fxn's CPU per request ≤ bare Pingora's + 1.25 × {verify_us:.1f} = "
+        f"bare + {1.25 * verify_us:.1f} µs. The throughput ceiling that verification alone allows is bare's CPU "
+        f"per request ÷ (bare's + {verify_us:.1f} µs).\n\n")
+    rows = []
+    for placement in placements:
+        for scenario, label in [("saturation", "32 conns, closed loop")] + [
+                (f"open-{rate}", f"open loop, {rate:,}/s") for rate in OPEN_RATES]:
+            fxn, bare = get(placement, scenario, "fxn"), get(placement, scenario, "bare")
+            if not (measured(fxn) and measured(bare)) or None in (fxn.get("cpu_per_request_us"),
+                                                                 bare.get("cpu_per_request_us")):
+                continue
+            excess = fxn["cpu_per_request_us"] - bare["cpu_per_request_us"]
+            row = [placement, label, num(bare["cpu_per_request_us"], 1), num(fxn["cpu_per_request_us"], 1),
+                   f"{excess:+.1f}", f"{1.25 * verify_us:.1f}", "yes" if excess <= 1.25 * verify_us else "no"]
+            if scenario == "saturation":
+                ceiling = bare["cpu_per_request_us"] / (bare["cpu_per_request_us"] + verify_us)
+                row += [f"{fxn['rps'] / bare['rps']:.2f}", f"{ceiling:.2f}"]
+            else:
+                row += ["", ""]
+            rows.append(row)
+    out.append(table(["placement", "load", "bare CPU/req µs", "fxn CPU/req µs", "fxn − bare", "budget",
+                      "within", "throughput fxn/bare", "ceiling from verification"], rows))
 
 out.append("\n## Open loop (chat, 64 connections; latency from the intended send time)\n")
 out.append(
