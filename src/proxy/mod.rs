@@ -79,7 +79,8 @@ pub struct RequestCtx {
     started: Instant,
     endpoint: Option<Endpoint>,
     route: Option<Arc<ModelRoute>>,
-    peer: Option<HttpPeer>,
+    /// The backend `request_filter` chose, handed to Pingora by `upstream_peer`.
+    peer: Option<Box<HttpPeer>>,
     body_len: usize,
     signer: Option<Signer>,
 }
@@ -175,19 +176,22 @@ impl NodeProxy {
         let peer = self.router.peer(&route).await?;
         ctx.route = Some(route.clone());
         if !session.as_downstream().retry_buffer_truncated() {
-            ctx.peer = Some(peer);
+            ctx.peer = Some(Box::new(peer));
             return Ok(Handled::Forward);
         }
         let mut request = session.req_header().clone();
         routing::prepare_upstream_request(&route, body.len(), &mut request)?;
-        let relayed = relay::relay(
+        // Boxed: the relay's state is kilobytes, and inline it would grow every request's
+        // `request_filter` future, which is copied into a box on each call, though only
+        // bodies beyond 64 KiB take this path.
+        let relayed = Box::pin(relay::relay(
             &self.connector,
             session,
             &peer,
             request,
             body,
             self.router.idle_timeout(),
-        )
+        ))
         .await;
         match relayed {
             Ok(()) => Ok(Handled::Answered),
@@ -238,9 +242,9 @@ impl ProxyHttp for NodeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // A clone, not a take: Pingora asks again when it retries on a fresh connection.
         ctx.peer
             .clone()
-            .map(Box::new)
             .ok_or_else(|| Error::explain(InternalError, "no backend chosen for this request"))
     }
 
