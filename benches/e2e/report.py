@@ -160,12 +160,13 @@ for placement in placements:
     for target in TARGETS:
         run = get(placement, "saturation", target)
         if not measured(run):
-            rows.append([placement, LABELS[target], missing(run), "", "", "", "", ""])
+            rows.append([placement, LABELS[target], missing(run), "", "", "", "", "", ""])
             continue
         base = get(placement, "saturation", "direct")
         share = f"{run['rps'] / base['rps']:.0%}" if measured(base) and base["rps"] else "–"
         rows.append([placement, LABELS[target], num(run["rps"]), share, num(pct(run, "latency_us", "p50")),
-                     num(pct(run, "latency_us", "p99")), cpu(run), num(run["errors"])])
+                     num(pct(run, "latency_us", "p99")), cpu(run), num(run.get("backend_connections_opened")),
+                     num(run["errors"])])
     fxn = get(placement, "saturation", "fxn")
     parts = []
     for other in ["bare", "nginx", "litellm"]:
@@ -175,8 +176,8 @@ for placement in placements:
         else:
             parts.append(f"fxn/{LABELS[other]}: not measured")
     ratios.append(f"- Placement {placement}: " + "; ".join(parts))
-out.append(table(["placement", "target", "req/s", "of direct's", "p50 µs", "p99 µs", "proxy CPU/req µs", "errors"],
-                 rows))
+out.append(table(["placement", "target", "req/s", "of direct's", "p50 µs", "p99 µs", "proxy CPU/req µs",
+                  "backend conns opened", "errors"], rows))
 out.append(
     "\n*direct* is the most the load generator and the backend (both on CPU 0) can drive: a proxy near 100 % of "
     "it is held back by them, not by its own core, so a ratio against it is a lower bound.\n")
@@ -226,6 +227,22 @@ else:
             rows.append(row)
     out.append(table(["placement", "load", "bare CPU/req µs", "fxn CPU/req µs", "fxn − bare", "budget",
                       "within", "throughput fxn/bare", "ceiling from verification"], rows))
+
+# Pingora's default upstream keep-alive pool, which the benchmark's proxies keep.
+POOL_SIZE = 128
+opened = {}
+for (placement, scenario, target), run in runs.items():
+    count = run.get("backend_connections_opened")
+    if count is not None and run.get("mode") in ("closed", "open"):
+        key = (placement, target)
+        opened[key] = max(opened.get(key, (0, "")), (count, scenario))
+if opened:
+    out.append("\n**Backend connections reused.** The most backend connections one closed- or open-loop run "
+               f"made the proxy open (warm-up included; pool size {POOL_SIZE}, at most 64 requests in flight):\n")
+    for (placement, target), (count, scenario) in sorted(opened.items()):
+        verdict = "within the pool" if count <= POOL_SIZE else "more than the pool"
+        out.append(f"- {placement} {LABELS[target]}: {count:,} ({scenario}; {verdict})")
+    out.append("")
 
 out.append("\n## Open loop (chat, 64 connections; latency from the intended send time)\n")
 out.append(

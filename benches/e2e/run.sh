@@ -267,6 +267,7 @@ load() { # scenario target mode args...
         litellm) args+=(--auth bearer:sk-bench) ;;
     esac
     if [[ $target != direct ]]; then
+        args+=(--backend "$BACKEND")
         local pid
         for pid in $(tree_pids "${PID[$target]}"); do args+=(--proxy-pid "$pid"); done
     fi

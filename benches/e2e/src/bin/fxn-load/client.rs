@@ -38,6 +38,15 @@ pub async fn exchange(connection: &mut Connection, request: Request<Full<Bytes>>
     Ok(())
 }
 
+/// The test backend's `GET /stats` answer.
+pub async fn backend_stats(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let mut connection = connect(addr).await?;
+    let request = Request::get("/stats").header(http::header::HOST, addr.to_string()).body(Full::default())?;
+    connection.ready().await?;
+    let body = connection.send_request(request).await?.into_body().collect().await?.to_bytes();
+    serde_json::from_slice(&body).context("the backend's /stats answer is not JSON")
+}
+
 /// Keeps a connection for the next request, opening a new one when the last one closed.
 pub async fn usable(slot: &mut Option<Connection>, addr: SocketAddr) -> anyhow::Result<&mut Connection> {
     if slot.as_ref().is_none_or(|c| c.is_closed()) {

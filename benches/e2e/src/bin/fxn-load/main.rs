@@ -13,6 +13,7 @@ mod summary;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use proc_stats::Watched;
@@ -86,6 +87,27 @@ struct Common {
     /// `key=value` copied into the report.
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// The test backend behind the target: the connections it accepted during the run (warm-up
+    /// included) are reported as `backend_connections_opened`.
+    #[arg(long)]
+    backend: Option<SocketAddr>,
+}
+
+impl Command {
+    fn common(&self) -> Option<&Common> {
+        match self {
+            Command::Closed { common, .. } | Command::Open { common, .. } | Command::Stream { common, .. } => {
+                Some(common)
+            }
+            Command::SignerAddress => None,
+        }
+    }
+}
+
+/// Connections the test backend has accepted, counting the one this question opens.
+fn backend_connections(runtime: &tokio::runtime::Runtime, backend: SocketAddr) -> anyhow::Result<u64> {
+    let stats = runtime.block_on(client::backend_stats(backend))?;
+    stats["connections"].as_u64().context("the backend's /stats has no `connections` count")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +115,8 @@ fn main() -> anyhow::Result<()> {
     // One thread: the generator is pinned to one core beside the backend, so more threads would
     // only contend with it.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let backend = cli.command.common().and_then(|common| common.backend);
+    let backend_before = backend.map(|addr| backend_connections(&runtime, addr)).transpose()?;
     let (common, mut report) = match cli.command {
         Command::SignerAddress => {
             println!("{}", requests::signer().checksummed_address());
@@ -129,6 +153,11 @@ fn main() -> anyhow::Result<()> {
             (common, report)
         }
     };
+    if let (Some(addr), Some(before)) = (backend, backend_before) {
+        // Less the connection each stats question opened.
+        let opened = backend_connections(&runtime, addr)?.saturating_sub(before + 1);
+        report["backend_connections_opened"] = opened.into();
+    }
     report["target"] = common.target.to_string().into();
     for label in &common.labels {
         let (key, value) = label.split_once('=').unwrap_or((label, ""));
