@@ -241,8 +241,9 @@ pub fn prepare_upstream_request(
     body_len: usize,
     request: &mut RequestHeader,
 ) -> Result<(), RoutingError> {
-    // Most backends sit at the root: their path is the caller's, and the URI stays as it is.
-    if !route.base_path.is_empty() {
+    // Most backends sit at the root and most callers send a bare path: then the URI stays as
+    // it is. An absolute-form target (`http://node/v1/…`) is cut to its path for the backend.
+    if !route.base_path.is_empty() || request.uri.authority().is_some() {
         let path_and_query = request.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = format!("{}{}", route.base_path, path_and_query)
             .parse::<http::Uri>()
@@ -348,6 +349,10 @@ mod tests {
         assert_eq!(request.uri.to_string(), "/v1/embeddings?trace=1");
         assert_eq!(request.headers.get("host").unwrap(), "127.0.0.1:8000");
         assert!(request.headers.get("x-nonce").is_none());
+
+        let mut absolute = RequestHeader::build("POST", b"http://node.example/v1/embeddings", None).unwrap();
+        prepare_upstream_request(&router.select("a").unwrap(), 7, &mut absolute).unwrap();
+        assert_eq!(absolute.uri.to_string(), "/v1/embeddings");
     }
 
     #[tokio::test]

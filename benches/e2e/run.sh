@@ -51,16 +51,19 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- setup
-if ! command -v nginx >/dev/null; then
-    log "installing nginx"
-    apt-get update -q >/dev/null && apt-get install -y -q nginx >/dev/null
+need_apt=()
+command -v nginx >/dev/null || need_apt+=(nginx)
+command -v cmake >/dev/null || need_apt+=(cmake) # pingora's zlib-ng, for the release build
+if ((${#need_apt[@]})); then
+    log "installing ${need_apt[*]}"
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null
 fi
 if ! python3 -c 'import litellm.proxy' 2>/dev/null; then
     log "installing LiteLLM"
     python3 -m pip install -q 'litellm[proxy]' >&2 || log "LiteLLM could not be installed; its rows stay empty"
 fi
 log "building release binaries"
-(cd "$ROOT" && cargo build --release --bins -q && cargo build --release -p fxn-bench -q)
+(cd "$ROOT" && cargo build --locked --release --bins -q && cargo build --locked --release -p fxn-bench -q)
 
 # The verification micro-benchmark of the backend in use sets the node's CPU budget (the issue's
 # "bare Pingora + 1.25 × verify"); it runs here so the budget comes from the same machine and hour.
@@ -68,7 +71,7 @@ log "measuring request verification (criterion)"
 VERIFY_BENCH=verify_request/libsecp256k1/x_address_cached_key
 VERIFY_ESTIMATES=$ROOT/target/criterion/verify_request_libsecp256k1/x_address_cached_key/new/estimates.json
 rm -f "$VERIFY_ESTIMATES"
-(cd "$ROOT" && cargo bench --bench auth -q -- "$VERIFY_BENCH" --warm-up-time 1 --measurement-time 3 \
+(cd "$ROOT" && cargo bench --locked --bench auth -q -- "$VERIFY_BENCH" --warm-up-time 1 --measurement-time 3 \
     >/dev/null 2>&1) || log "verification benchmark failed; the report leaves its budget out"
 VERIFY_US=$(python3 -c 'import json,sys
 try: print(round(json.load(open(sys.argv[1]))["mean"]["point_estimate"] / 1000, 2))
