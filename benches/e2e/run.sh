@@ -69,7 +69,8 @@ log "building release binaries"
 # "bare Pingora + 1.25 × verify"); it runs here so the budget comes from the same machine and hour.
 log "measuring request verification (criterion)"
 VERIFY_BENCH=verify_request/libsecp256k1/x_address_cached_key
-VERIFY_ESTIMATES=$ROOT/target/criterion/verify_request_libsecp256k1/x_address_cached_key/new/estimates.json
+# criterion keeps a group's results under its name with the group's own '/' turned into '_'.
+VERIFY_ESTIMATES=$ROOT/target/criterion/${VERIFY_BENCH/\//_}/new/estimates.json
 rm -f "$VERIFY_ESTIMATES"
 (cd "$ROOT" && cargo bench --locked --bench auth -q -- "$VERIFY_BENCH" --warm-up-time 1 --measurement-time 3 \
     >/dev/null 2>&1) || log "verification benchmark failed; the report leaves its budget out"
