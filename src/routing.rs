@@ -108,7 +108,7 @@ struct PeerTimeouts {
 
 /// The routing table built from `model_backend.yaml`.
 pub struct Router {
-    routes: HashMap<String, Arc<ModelRoute>>,
+    routes: HashMap<String, Arc<ModelRoute>, foldhash::fast::RandomState>,
     default: Option<Arc<ModelRoute>>,
     served: Vec<String>,
     timeouts: PeerTimeouts,

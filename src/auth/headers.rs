@@ -1,22 +1,23 @@
 //! The signed-request headers, parsed and checked for form (not yet for truth).
 
 use ethers_core::types::Address;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+use sha2::{Digest, Sha256};
 
 use super::AuthError;
 
-/// The headers a gateway or scheduler signs a request with.
+/// The headers a gateway or scheduler signs a request with, borrowed from the request.
 #[derive(Debug, Clone)]
-pub struct SignedHeaders {
+pub struct SignedHeaders<'a> {
     /// `X-Address` (newer clients).
     pub address: Option<Address>,
     /// `X-Public-Key`, SEC1-encoded: 65 bytes uncompressed or 33 compressed (older clients).
     pub public_key: Option<Vec<u8>>,
     /// `X-Timestamp`, exactly as sent: it is part of the signed bytes.
-    pub timestamp_text: String,
+    pub timestamp_text: &'a str,
     pub timestamp: i64,
     /// `X-Nonce`, exactly as sent.
-    pub nonce: String,
+    pub nonce: &'a str,
     /// `X-Signature`: r ‖ s ‖ v.
     pub signature: [u8; 65],
 }
@@ -25,45 +26,67 @@ pub struct SignedHeaders {
 /// for other clients while bounding what the nonce store holds per entry.
 const MAX_NONCE_LEN: usize = 128;
 
-fn text<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, AuthError> {
+// Prebuilt names: looking a header up by `&str` would parse the name on every request.
+const X_ADDRESS: HeaderName = HeaderName::from_static("x-address");
+const X_PUBLIC_KEY: HeaderName = HeaderName::from_static("x-public-key");
+const X_TIMESTAMP: HeaderName = HeaderName::from_static("x-timestamp");
+const X_NONCE: HeaderName = HeaderName::from_static("x-nonce");
+const X_SIGNATURE: HeaderName = HeaderName::from_static("x-signature");
+
+fn text<'a>(headers: &'a HeaderMap, name: &HeaderName, display: &'static str) -> Result<Option<&'a str>, AuthError> {
     match headers.get(name) {
         None => Ok(None),
         Some(value) => value
             .to_str()
             .map(|v| Some(v.trim()))
-            .map_err(|_| AuthError::BadEncoding { header: name, reason: "must be ASCII text".into() }),
+            .map_err(|_| AuthError::BadEncoding { header: display, reason: "must be ASCII text".into() }),
     }
 }
 
-fn required<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, AuthError> {
-    text(headers, name)?
+fn required<'a>(headers: &'a HeaderMap, name: &HeaderName, display: &'static str) -> Result<&'a str, AuthError> {
+    text(headers, name, display)?
         .filter(|v| !v.is_empty())
-        .ok_or(AuthError::MissingHeader(name))
+        .ok_or(AuthError::MissingHeader(display))
+}
+
+fn hex_digits(value: &str) -> &str {
+    value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")).unwrap_or(value)
 }
 
 fn hex_bytes(header: &'static str, value: &str) -> Result<Vec<u8>, AuthError> {
-    let digits = value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")).unwrap_or(value);
-    hex::decode(digits).map_err(|e| AuthError::BadEncoding { header, reason: format!("not hex ({e})") })
+    hex::decode(hex_digits(value)).map_err(|e| AuthError::BadEncoding { header, reason: format!("not hex ({e})") })
 }
 
-impl SignedHeaders {
-    pub fn parse(headers: &HeaderMap) -> Result<Self, AuthError> {
-        let address = text(headers, "x-address")?.filter(|v| !v.is_empty());
-        let public_key = text(headers, "x-public-key")?.filter(|v| !v.is_empty());
+/// Hex of exactly `N` bytes, decoded without a heap buffer.
+fn hex_array<const N: usize>(header: &'static str, value: &str) -> Result<[u8; N], AuthError> {
+    let digits = hex_digits(value);
+    let mut bytes = [0; N];
+    if digits.len() != 2 * N {
+        // Tell bad digits apart from a wrong length, as the caller needs to know which.
+        hex::decode(digits).map_err(|e| AuthError::BadEncoding { header, reason: format!("not hex ({e})") })?;
+        return Err(AuthError::BadEncoding {
+            header,
+            reason: format!("must be {N} bytes ({} hex digits)", 2 * N),
+        });
+    }
+    hex::decode_to_slice(digits, &mut bytes)
+        .map_err(|e| AuthError::BadEncoding { header, reason: format!("not hex ({e})") })?;
+    Ok(bytes)
+}
+
+impl<'a> SignedHeaders<'a> {
+    pub fn parse(headers: &'a HeaderMap) -> Result<Self, AuthError> {
+        let address = text(headers, &X_ADDRESS, "X-Address")?.filter(|v| !v.is_empty());
+        let public_key = text(headers, &X_PUBLIC_KEY, "X-Public-Key")?.filter(|v| !v.is_empty());
         if address.is_none() && public_key.is_none() {
             return Err(AuthError::MissingHeader("X-Address"));
         }
-        let timestamp_text = required(headers, "x-timestamp")?;
-        let nonce = required(headers, "x-nonce")?;
-        let signature_text = required(headers, "x-signature")?;
+        let timestamp_text = required(headers, &X_TIMESTAMP, "X-Timestamp")?;
+        let nonce = required(headers, &X_NONCE, "X-Nonce")?;
+        let signature_text = required(headers, &X_SIGNATURE, "X-Signature")?;
 
         let address = address
-            .map(|value| {
-                let bytes = hex_bytes("X-Address", value)?;
-                <[u8; 20]>::try_from(bytes.as_slice()).map(Address::from).map_err(|_| {
-                    AuthError::BadEncoding { header: "X-Address", reason: "must be 20 bytes (40 hex digits)".into() }
-                })
-            })
+            .map(|value| hex_array::<20>("X-Address", value).map(Address::from))
             .transpose()?;
         let public_key = public_key
             .map(|value| {
@@ -91,21 +114,21 @@ impl SignedHeaders {
                 reason: format!("longer than {MAX_NONCE_LEN} characters"),
             });
         }
-        let signature = <[u8; 65]>::try_from(hex_bytes("X-Signature", signature_text)?.as_slice()).map_err(|_| {
-            AuthError::BadEncoding { header: "X-Signature", reason: "must be 65 bytes (130 hex digits)".into() }
-        })?;
-        Ok(Self {
-            address,
-            public_key,
-            timestamp_text: timestamp_text.to_string(),
-            timestamp,
-            nonce: nonce.to_string(),
-            signature,
-        })
+        let signature = hex_array::<65>("X-Signature", signature_text)?;
+        Ok(Self { address, public_key, timestamp_text, timestamp, nonce, signature })
     }
+}
 
-    /// The exact bytes the client signed (before EIP-191 framing).
-    pub fn signed_message(&self, body_sha256_hex: &str) -> String {
-        format!("{body_sha256_hex}.{}.{}", self.timestamp_text, self.nonce)
-    }
+/// The exact bytes a client signs (before EIP-191 framing): the body's sha256 in lower-case
+/// hex, the timestamp and the nonce, joined by dots.
+pub fn signed_message(body: &[u8], timestamp: &str, nonce: &str) -> Vec<u8> {
+    let mut hex_buffer = hex::Buffer::<32>::new();
+    let body_hash = hex_buffer.format(&Sha256::digest(body).into());
+    let mut message = Vec::with_capacity(body_hash.len() + timestamp.len() + nonce.len() + 2);
+    message.extend_from_slice(body_hash.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(timestamp.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(nonce.as_bytes());
+    message
 }

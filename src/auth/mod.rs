@@ -13,12 +13,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ethers_core::types::Address;
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
 
 pub use curve::{CurveVerifier, DefaultCurve, K256};
 #[cfg(feature = "libsecp256k1")]
 pub use curve::LibSecp256k1;
 pub use headers::SignedHeaders;
+use headers::signed_message;
 pub use nonce::{NonceOutcome, NonceStore};
 pub use signing::sign_request;
 
@@ -112,7 +112,7 @@ pub struct Authenticator<V: CurveVerifier = DefaultCurve> {
     nonce_ttl: Duration,
     /// Public keys recovered for `X-Address` requests, so later ones verify instead of
     /// recovering (verification costs about half of a recovery).
-    keys_by_address: RwLock<HashMap<Address, V::PublicKey>>,
+    keys_by_address: RwLock<HashMap<Address, V::PublicKey, foldhash::fast::RandomState>>,
 }
 
 impl<V: CurveVerifier> Authenticator<V> {
@@ -184,8 +184,7 @@ impl<V: CurveVerifier> Authenticator<V> {
                 })
             }
         };
-        let body_hash = hex::encode(Sha256::digest(body));
-        let digest = ethers_core::utils::hash_message(signed.signed_message(&body_hash)).0;
+        let digest = ethers_core::utils::hash_message(signed_message(body, signed.timestamp_text, signed.nonce)).0;
         let authentic = match header_key {
             Some(key) => self.curve.verify(&key, &digest, rs),
             None => self.verify_for_address(&address, &digest, rs, recovery),
@@ -199,7 +198,7 @@ impl<V: CurveVerifier> Authenticator<V> {
         let valid_for = (signed.timestamp + max_secs as i64 - now_unix).max(0) as u64;
         let now = Instant::now();
         let expires = now + self.nonce_ttl.max(Duration::from_secs(valid_for));
-        match self.nonces.record(address, &signed.nonce, expires, now) {
+        match self.nonces.record(address, signed.nonce, expires, now) {
             NonceOutcome::Recorded => Ok(Signer { address, role }),
             NonceOutcome::Reused => Err(AuthError::NonceReused),
             NonceOutcome::Full => Err(AuthError::NonceStoreFull),

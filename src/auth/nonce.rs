@@ -2,12 +2,13 @@
 //! Bounded: when full it refuses new requests rather than forget a live nonce.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use ethers_core::types::Address;
+use foldhash::fast::RandomState;
 
 /// Independent locks, so that concurrent requests rarely wait on each other.
 const SHARDS: usize = 32;
@@ -20,7 +21,7 @@ pub enum NonceOutcome {
     Full,
 }
 
-type Shard = HashMap<(Address, Box<str>), Instant>;
+type Shard = HashMap<(Address, Box<str>), Instant, RandomState>;
 
 /// At most `max_entries` (signer, nonce) pairs, each kept until its expiry.
 pub struct NonceStore {
@@ -34,7 +35,7 @@ impl NonceStore {
     pub fn new(max_entries: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             len: AtomicUsize::new(0),
             max_entries,
         }

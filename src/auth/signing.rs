@@ -3,7 +3,8 @@
 
 use ethers_core::utils::{hash_message, to_checksum};
 use k256::ecdsa::SigningKey;
-use sha2::{Digest, Sha256};
+
+use super::headers::signed_message;
 
 /// The headers of a request signed by `key`: `X-Address` (or `X-Public-Key` when
 /// `with_public_key`), `X-Timestamp`, `X-Nonce` and `X-Signature` (r ‖ s ‖ v, v = 27/28, hex).
@@ -14,8 +15,7 @@ pub fn sign_request(
     nonce: &str,
     with_public_key: bool,
 ) -> Result<Vec<(&'static str, String)>, k256::ecdsa::Error> {
-    let message = format!("{}.{timestamp}.{nonce}", hex::encode(Sha256::digest(body)));
-    let digest = hash_message(message);
+    let digest = hash_message(signed_message(body, &timestamp.to_string(), nonce));
     let (signature, recovery) = key.sign_prehash_recoverable(digest.as_bytes())?;
     let mut encoded = signature.to_bytes().to_vec();
     encoded.push(27 + recovery.to_byte());

@@ -142,9 +142,9 @@ fn each_missing_header_is_named() {
     let full = signed(&f.gateway, b"{}", f.now, "n", false);
     for (name, shown) in [
         ("x-address", "X-Address"),
-        ("x-timestamp", "x-timestamp"),
-        ("x-nonce", "x-nonce"),
-        ("x-signature", "x-signature"),
+        ("x-timestamp", "X-Timestamp"),
+        ("x-nonce", "X-Nonce"),
+        ("x-signature", "X-Signature"),
     ] {
         let mut request = full.clone();
         request.remove(name);
@@ -159,18 +159,19 @@ fn malformed_encodings_are_400() {
     let f = fixture();
     let full = signed(&f.gateway, b"{}", f.now, "n", false);
     let cases = [
-        ("x-signature", "zz".repeat(65), "X-Signature"),
-        ("x-signature", "ab".repeat(64), "X-Signature"),
-        ("x-signature", "ab".repeat(66), "X-Signature"),
-        ("x-address", "0x1234".to_string(), "X-Address"),
-        ("x-address", "0xzz72b2911af6A2491ff76dDEc34aCb7AE2c03BA1".to_string(), "X-Address"),
-        ("x-public-key", "04abcd".to_string(), "X-Public-Key"),
-        ("x-public-key", format!("04{}", "00".repeat(64)), "X-Public-Key"),
-        ("x-timestamp", "12.5".to_string(), "X-Timestamp"),
-        ("x-timestamp", "-5".to_string(), "X-Timestamp"),
-        ("x-nonce", "n".repeat(129), "X-Nonce"),
+        ("x-signature", "zz".repeat(65), "X-Signature", "not hex"),
+        ("x-signature", "ab".repeat(64), "X-Signature", "65 bytes"),
+        ("x-signature", "ab".repeat(66), "X-Signature", "65 bytes"),
+        ("x-signature", "abc".to_string(), "X-Signature", "not hex"),
+        ("x-address", "0x1234".to_string(), "X-Address", "20 bytes"),
+        ("x-address", "0xzz72b2911af6A2491ff76dDEc34aCb7AE2c03BA1".to_string(), "X-Address", "not hex"),
+        ("x-public-key", "04abcd".to_string(), "X-Public-Key", "65-byte"),
+        ("x-public-key", format!("04{}", "00".repeat(64)), "X-Public-Key", "not a point"),
+        ("x-timestamp", "12.5".to_string(), "X-Timestamp", "whole seconds"),
+        ("x-timestamp", "-5".to_string(), "X-Timestamp", "whole seconds"),
+        ("x-nonce", "n".repeat(129), "X-Nonce", "longer than 128"),
     ];
-    for (name, value, header) in cases {
+    for (name, value, header, reason_says) in cases {
         let mut request = full.clone();
         if name == "x-public-key" {
             request.remove("x-address");
@@ -178,7 +179,7 @@ fn malformed_encodings_are_400() {
         set(&mut request, name, &value);
         let error = f.check(&request, b"{}", Role::Gateway).unwrap_err();
         assert!(
-            matches!(&error, AuthError::BadEncoding { header: h, .. } if *h == header),
+            matches!(&error, AuthError::BadEncoding { header: h, reason } if *h == header && reason.contains(reason_says)),
             "{name}={value}: {error:?}"
         );
         assert_eq!((error.status(), error.code()), (400, "bad_signature_encoding"));

@@ -70,8 +70,8 @@ struct ModelField<'a> {
     model: Option<Cow<'a, str>>,
 }
 
-/// The top-level `model` of a JSON request body.
-pub fn model_of(body: &[u8]) -> Result<String, ApiError> {
+/// The top-level `model` of a JSON request body, borrowed from it unless it has escapes.
+pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
     let parsed: ModelField = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::invalid_request(
             400,
@@ -81,7 +81,7 @@ pub fn model_of(body: &[u8]) -> Result<String, ApiError> {
         _ => ApiError::invalid_request(400, "invalid_json", format!("the body is not valid JSON ({e})")),
     })?;
     match parsed.model {
-        Some(model) if !model.is_empty() => Ok(model.into_owned()),
+        Some(model) if !model.is_empty() => Ok(model),
         _ => Err(ApiError::invalid_request(
             400,
             "missing_model",
