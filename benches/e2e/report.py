@@ -289,7 +289,8 @@ out.append(table(["placement", "target", "floats"] + LATENCY_HEADER,
 out.append("\n## Streaming (20 ms between events)\n")
 out.append(
     "Streams start spread over 1 s. TTFT runs from sending the request (on a new connection) to the first "
-    "event; an event's delay is its arrival time minus the backend's `sent_at_us` stamp.\n\n"
+    "event; an event's delay is its arrival time minus the backend's `sent_at_us` stamp. In brackets: what "
+    "the proxy adds to *direct*'s figure in the same placement.\n\n"
 )
 rows = []
 for placement in placements:
@@ -298,21 +299,62 @@ for placement in placements:
         for target in ["direct", "bare", "nginx", "fxn"]:
             run = get(placement, f"stream-{count}", target)
             if not measured(run):
-                rows.append([placement, LABELS[target], count, missing(run)] + [""] * 8)
+                rows.append([placement, LABELS[target], count, missing(run)] + [""] * 7)
                 continue
-            added = ""
-            if target != "direct" and measured(base):
-                added = signed(pct(run, "first_event_us", "p50") - pct(base, "first_event_us", "p50"))
+            compared = target != "direct" and measured(base)
+
+            def with_added(key, quantile):
+                """The value, and what the proxy adds to direct's in the same placement."""
+                value = pct(run, key, quantile)
+                if not compared or value is None or pct(base, key, quantile) is None:
+                    return num(value)
+                return f"{num(value)} ({signed(value - pct(base, key, quantile))})"
+
             rows.append([
                 placement, LABELS[target], count, num(offered(run)),
-                num(pct(run, "first_event_us", "p50")), added, num(pct(run, "first_event_us", "p99")),
-                num(pct(run, "event_delay_us", "p50")), num(pct(run, "event_delay_us", "p99")),
-                num(pct(run, "event_delay_us", "p999")), cpu(run, "cpu_per_event_us"),
+                with_added("first_event_us", "p50"), num(pct(run, "first_event_us", "p99")),
+                with_added("event_delay_us", "p50"), with_added("event_delay_us", "p99"),
+                with_added("event_delay_us", "p999"), cpu(run, "cpu_per_event_us"),
                 f"{run['events_lost']:,} / {run['streams_failed']:,}",
             ])
-out.append(table(["placement", "target", "streams", "events/s offered", "TTFT p50 µs", "added TTFT p50",
-                  "TTFT p99 µs", "delay p50 µs", "delay p99 µs", "delay p99.9 µs", "proxy CPU/event µs",
+out.append(table(["placement", "target", "streams", "events/s offered", "TTFT p50 µs (added)", "TTFT p99 µs",
+                  "delay p50 µs (added)", "delay p99 µs (added)", "delay p99.9 µs (added)", "proxy CPU/event µs",
                   "events lost / streams failed"], rows))
+
+
+def added(run, base, key, quantile):
+    values = pct(run, key, quantile), pct(base, key, quantile)
+    return None if None in values else values[0] - values[1]
+
+
+def verdict(value, limit):
+    return "–" if None in (value, limit) else ("yes" if value <= limit else "no")
+
+
+rows = []
+for placement in placements:
+    for count in [c for c in STREAM_COUNTS if c in (100, 500)] or STREAM_COUNTS[:2]:
+        base, bare, fxn = (get(placement, f"stream-{count}", t) for t in ("direct", "bare", "fxn"))
+        if not all(measured(run) for run in (base, bare, fxn)):
+            continue
+        cpu_limit = 1.1 * bare["cpu_per_event_us"] if bare.get("cpu_per_event_us") is not None else None
+        delay_fxn, delay_bare = (added(run, base, "event_delay_us", "p99") for run in (fxn, bare))
+        delay_limit = None if delay_bare is None else 1.1 * delay_bare
+        ttft_fxn, ttft_bare = (added(run, base, "first_event_us", "p50") for run in (fxn, bare))
+        ttft_limit = None if None in (ttft_bare, verify_us) else ttft_bare + verify_us
+        rows.append([
+            placement, count,
+            f"{cpu(fxn, 'cpu_per_event_us')} vs {cpu(bare, 'cpu_per_event_us')}",
+            verdict(fxn.get("cpu_per_event_us"), cpu_limit),
+            f"{signed(delay_fxn)} vs {signed(delay_bare)}", verdict(delay_fxn, delay_limit),
+            f"{signed(ttft_fxn)} vs {signed(ttft_bare)}", verdict(ttft_fxn, ttft_limit),
+        ])
+if rows:
+    out.append("\nAgainst the streaming targets (fxn vs bare Pingora, same placement and load): CPU per relayed "
+               "event ≤ 1.1 × bare's; added per-event delay p99 ≤ 1.1 × bare's; added TTFT p50 ≤ bare's + the "
+               "verification micro-benchmark.\n\n")
+    out.append(table(["placement", "streams", "CPU/event µs", "≤ 1.1 × bare", "added delay p99 µs",
+                      "≤ 1.1 × bare", "added TTFT p50 µs", "≤ bare + verify"], rows))
 
 out.append("\n## Events per second on one proxy core before the p99 event delay passes 5 ms\n")
 out.append("Each cell: the p99 event delay in ms at that many streams, 20 ms between events each (the events/s "
