@@ -191,13 +191,15 @@ fn load_node_key(settings: &Settings) -> Result<Option<NodeKey>, ExitCode> {
 }
 
 fn start(args: StartArgs) -> ExitCode {
+    let mut pingora_opt = args.pingora;
+    // The conf file is read and validated with the node's own files; handed to Pingora too,
+    // it would only warn that it ignores the path.
     let paths = ConfigPaths {
         config: args.files.config,
         model_backend: args.files.model_backend,
-        server_conf: args
-            .pingora
+        server_conf: pingora_opt
             .conf
-            .clone()
+            .take()
             .map_or_else(|| config::DEFAULT_SERVER_CONF_PATH.into(), PathBuf::from),
     };
     let settings = match Settings::load(&paths) {
@@ -209,7 +211,7 @@ fn start(args: StartArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(settings.node.log.verbosity);
-    crate::server::run(settings, node_key, args.pingora)
+    crate::server::run(settings, node_key, pingora_opt)
 }
 
 fn check(args: CheckArgs) -> ExitCode {

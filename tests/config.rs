@@ -74,6 +74,7 @@ fn start_with_pingora_test_flag_validates_and_exits() {
     args.extend(file_args.iter().map(String::as_str));
     let (code, _, stderr) = run_fxn(&args, files.dir.path());
     assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains(" WARN "), "valid files start without warnings: {stderr}");
 }
 
 #[test]

@@ -66,6 +66,27 @@ async fn reset_connection_is_a_502() {
 }
 
 #[tokio::test]
+async fn pooled_connection_the_backend_dropped_is_retried_on_a_fresh_one_with_the_whole_body() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&backend.url(), "");
+    for size in SIZES {
+        let warm = chat(&node, "", size, false).await;
+        assert_eq!(warm.status(), 200, "size {size}");
+        let pooled = header(&warm, "x-backend-connection").to_string();
+        let requests_before = backend.stats().await["requests"].as_u64().unwrap();
+
+        let response = chat(&node, "reset-if-reused", size, false).await;
+        assert_eq!(response.status(), 200, "size {size}: {}", node.log());
+        assert_ne!(header(&response, "x-backend-connection"), pooled, "size {size}: retried on the pooled connection");
+        let sent = chat_body(size, false);
+        assert_eq!(header(&response, "x-backend-body-sha256"), sha256_hex(&sent), "size {size}");
+        // One attempt on the pooled connection, which the backend reset, and one on a fresh one.
+        let requests_after = backend.stats().await["requests"].as_u64().unwrap();
+        assert_eq!(requests_after - requests_before, 2, "size {size}");
+    }
+}
+
+#[tokio::test]
 async fn stream_cut_by_the_backend_ends_the_callers_stream_and_the_node_carries_on() {
     let backend = TestBackend::start();
     let node = Node::start_for(&backend.url(), "");

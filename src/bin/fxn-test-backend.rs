@@ -4,7 +4,9 @@
 //!
 //! Behaviour per request, from headers (the node forwards them):
 //! - `x-test-fault`: `status-500` (an error body), `hang` (never answers), `close` (closes the
-//!   connection mid-stream after the first event), `reset` (resets the connection unanswered);
+//!   connection mid-stream after the first event), `reset` (resets the connection unanswered),
+//!   `reset-if-reused` (the same, but only on a connection that has served a request before: a
+//!   pooled connection the backend dropped just as the node reused it);
 //! - `x-test-delay-ms`: wait before the first byte;
 //! - `x-test-chunks`, `x-test-interval-ms`: events per stream and the pause between them.
 //!
@@ -99,9 +101,11 @@ async fn serve<S>(stream: S, backend: Arc<Backend>, connection: u64, fd: RawFd)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let served = Arc::new(AtomicU64::new(0));
     let service = service_fn(move |request| {
         let backend = backend.clone();
-        async move { Ok::<_, Infallible>(backend.handle(request, connection, fd).await) }
+        let reused = served.fetch_add(1, Ordering::Relaxed) > 0;
+        async move { Ok::<_, Infallible>(backend.handle(request, connection, reused, fd).await) }
     });
     // Errors here are the faults this backend injects, or callers that left.
     let _ = hyper::server::conn::http1::Builder::new()
@@ -135,7 +139,7 @@ fn full(body: impl Into<Bytes>) -> Body {
 }
 
 impl Backend {
-    async fn handle(&self, request: Request<Incoming>, connection: u64, fd: RawFd) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>, connection: u64, reused: bool, fd: RawFd) -> Response<Body> {
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
         if request.method() == hyper::Method::GET && path == "/stats" {
             let stats = serde_json::json!({
@@ -167,18 +171,20 @@ impl Backend {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let model = json["model"].as_str().unwrap_or("unknown").to_string();
 
-        match fault.as_deref() {
-            Some("hang") => std::future::pending::<()>().await,
-            Some("reset") => {
-                // SO_LINGER 0 makes the close that follows a reset; the fd is alive while its
-                // connection is being served.
-                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-                let socket = socket2::SockRef::from(&fd);
-                let _ = socket.set_linger(Some(Duration::ZERO));
-                let _ = socket.shutdown(std::net::Shutdown::Both);
-                std::future::pending::<()>().await;
-            }
-            _ => {}
+        let reset = match fault.as_deref() {
+            Some("hang") => std::future::pending().await,
+            Some("reset") => true,
+            Some("reset-if-reused") => reused,
+            _ => false,
+        };
+        if reset {
+            // SO_LINGER 0 makes the close that follows a reset; the fd is alive while its
+            // connection is being served.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let _ = socket.set_linger(Some(Duration::ZERO));
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            std::future::pending::<()>().await;
         }
         // A zero sleep would still wait for tokio's next 1 ms timer tick.
         if !delay.is_zero() {
