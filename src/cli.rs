@@ -163,9 +163,7 @@ fn sign(args: SignArgs) -> ExitCode {
         Err(e) => return fail(format!("{}: {e}", args.body_file.display())),
     };
     let timestamp = args.timestamp.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
     });
     let nonce = args.nonce.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     match crate::auth::sign_request(&key.signing_key, &body, timestamp, &nonce, args.public_key) {
@@ -181,13 +179,7 @@ fn sign(args: SignArgs) -> ExitCode {
 
 /// The node's own key, when `node.keyFile` names one.
 fn load_node_key(settings: &Settings) -> Result<Option<NodeKey>, ExitCode> {
-    settings
-        .node
-        .key_file
-        .as_deref()
-        .map(NodeKey::load)
-        .transpose()
-        .map_err(|e| fail(format!("node.keyFile: {e}")))
+    settings.node.key_file.as_deref().map(NodeKey::load).transpose().map_err(|e| fail(format!("node.keyFile: {e}")))
 }
 
 fn start(args: StartArgs) -> ExitCode {
@@ -197,10 +189,7 @@ fn start(args: StartArgs) -> ExitCode {
     let paths = ConfigPaths {
         config: args.files.config,
         model_backend: args.files.model_backend,
-        server_conf: pingora_opt
-            .conf
-            .take()
-            .map_or_else(|| config::DEFAULT_SERVER_CONF_PATH.into(), PathBuf::from),
+        server_conf: pingora_opt.conf.take().map_or_else(|| config::DEFAULT_SERVER_CONF_PATH.into(), PathBuf::from),
     };
     let settings = match Settings::load(&paths) {
         Ok(settings) => settings,

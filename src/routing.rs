@@ -77,12 +77,12 @@ impl ModelRoute {
             None => host_text.to_string(),
         };
         let credential = backend.auth.as_ref().and_then(|auth| match auth {
-            BackendAuth::Bearer(token) => HeaderValue::try_from(format!("Bearer {token}"))
-                .ok()
-                .map(|v| (header::AUTHORIZATION, v)),
-            BackendAuth::ApiKey(key) => HeaderValue::try_from(key.as_str())
-                .ok()
-                .map(|v| (HeaderName::from_static("x-api-key"), v)),
+            BackendAuth::Bearer(token) => {
+                HeaderValue::try_from(format!("Bearer {token}")).ok().map(|v| (header::AUTHORIZATION, v))
+            }
+            BackendAuth::ApiKey(key) => {
+                HeaderValue::try_from(key.as_str()).ok().map(|v| (HeaderName::from_static("x-api-key"), v))
+            }
         });
         Self {
             entry: entry.to_string(),
@@ -136,9 +136,7 @@ impl Router {
                 idle: proxy.idle_conn_timeout,
             },
             resolved: Mutex::default(),
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         }
     }
 
@@ -148,10 +146,7 @@ impl Router {
             .get(model)
             .or(self.default.as_ref())
             .cloned()
-            .ok_or_else(|| RoutingError::UnknownModel {
-                model: model.to_string(),
-                served: self.served.clone(),
-            })
+            .ok_or_else(|| RoutingError::UnknownModel { model: model.to_string(), served: self.served.clone() })
     }
 
     /// The peer for `route`, with the configured timeouts; a hostname is resolved
@@ -202,11 +197,9 @@ impl Router {
             }
             // A resolver hiccup should not take a known backend down.
             (Err(_), Some((address, _))) => Ok(address),
-            (Err(reason), None) => Err(RoutingError::Unresolvable {
-                entry: route.entry.clone(),
-                host: name.clone(),
-                reason,
-            }),
+            (Err(reason), None) => {
+                Err(RoutingError::Unresolvable { entry: route.entry.clone(), host: name.clone(), reason })
+            }
         }
     }
 
@@ -274,9 +267,7 @@ pub fn prepare_upstream_request(
         request.remove_header(&name);
     }
     let set = |request: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
-        request
-            .insert_header(name, value)
-            .map_err(|e| RoutingError::BadPath(e.to_string()))
+        request.insert_header(name, value).map_err(|e| RoutingError::BadPath(e.to_string()))
     };
     set(request, header::HOST, route.host_header.clone())?;
     set(request, header::CONTENT_LENGTH, HeaderValue::from(body_len))?;

@@ -25,10 +25,8 @@ use crate::routing::Router;
 /// adds a 64 KiB read buffer per connection that tokio fills with zeros, which costs each open
 /// stream about 8 KiB of resident memory and every read a copy; it pays off only under TLS,
 /// which the node's listener does not terminate.
-const DOWNSTREAM_BUFFERS: L4BufferSettings = L4BufferSettings {
-    read: Some(0),
-    write: Some(DEFAULT_L4_WRITE_BUFFER_SIZE),
-};
+const DOWNSTREAM_BUFFERS: L4BufferSettings =
+    L4BufferSettings { read: Some(0), write: Some(DEFAULT_L4_WRITE_BUFFER_SIZE) };
 
 /// Runs the node until it is told to stop; Pingora handles `-d`, `-t` and `-u` itself.
 pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {

@@ -43,7 +43,8 @@ async fn unauthenticated_requests_never_reach_the_backend() {
     let response = signed_post(&stranger, node.url("/v1/chat/completions"), CHAT.to_vec()).send().await.unwrap();
     assert_eq!(error_of(response).await, (401, "not_registered".into()));
 
-    let scheduler_on_v1 = signed_post(&scheduler_key(), node.url("/v1/embeddings"), CHAT.to_vec()).send().await.unwrap();
+    let scheduler_on_v1 =
+        signed_post(&scheduler_key(), node.url("/v1/embeddings"), CHAT.to_vec()).send().await.unwrap();
     assert_eq!(error_of(scheduler_on_v1).await, (401, "wrong_role".into()));
 
     let mut forged = gateway_post(&node, "/v1/chat/completions", CHAT.to_vec()).build().unwrap();
@@ -171,10 +172,8 @@ fn node_signatures_verify_in_eth_account() {
             .unwrap();
         assert!(output.status.success());
         let stdout = String::from_utf8(output.stdout).unwrap();
-        let signature = stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("X-Signature: "))
-            .expect("an X-Signature line");
+        let signature =
+            stdout.lines().find_map(|line| line.strip_prefix("X-Signature: ")).expect("an X-Signature line");
         let recovered = python(&[
             "cross_sign.py",
             "recover",
@@ -255,10 +254,7 @@ fn trusting_a_public_test_key_is_warned_about_loudly() {
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gateway_test_key.json")).unwrap(),
     )
     .unwrap();
-    let config = config.replace(
-        &format!("{:?}", gateway_key().address),
-        &repository_gateway.checksummed_address(),
-    );
+    let config = config.replace(&format!("{:?}", gateway_key().address), &repository_gateway.checksummed_address());
     std::fs::write(files.path("config.yaml"), config).unwrap();
     let node = Node::start(files);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -271,10 +267,9 @@ fn trusting_a_public_test_key_is_warned_about_loudly() {
 fn node_key_file_problems_are_reported() {
     let files = NodeFiles::new("models:\n  m: {url: \"http://127.0.0.1:9\"}\n", "");
     let key_path = files.path("node_key.json");
-    let config = std::fs::read_to_string(files.path("config.yaml")).unwrap().replace(
-        "  listenPort:",
-        &format!("  keyFile: \"{}\"\n  listenPort:", key_path.display()),
-    );
+    let config = std::fs::read_to_string(files.path("config.yaml"))
+        .unwrap()
+        .replace("  listenPort:", &format!("  keyFile: \"{}\"\n  listenPort:", key_path.display()));
     std::fs::write(files.path("config.yaml"), config).unwrap();
     let check = || {
         let mut args = vec!["config", "check"];

@@ -220,15 +220,19 @@ async fn bad_requests_get_openai_style_errors() {
 #[tokio::test]
 async fn model_list_and_default_entry() {
     let backend = TestBackend::start();
-    let models = format!("models:\n  alpha: {{url: \"{0}\"}}\n  beta: {{url: \"{0}\"}}\n  default: {{url: \"{0}/fallback\"}}\n", backend.url());
+    let models = format!(
+        "models:\n  alpha: {{url: \"{0}\"}}\n  beta: {{url: \"{0}\"}}\n  default: {{url: \"{0}/fallback\"}}\n",
+        backend.url()
+    );
     let node = Node::start(NodeFiles::new(&models, ""));
-    let list: serde_json::Value = signed_request(&gateway_key(), reqwest::Method::GET, node.url("/v1/models"), Vec::new())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value =
+        signed_request(&gateway_key(), reqwest::Method::GET, node.url("/v1/models"), Vec::new())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(list["object"], "list");
     let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["alpha", "beta"]);
@@ -289,7 +293,8 @@ async fn https_backends_work_on_both_paths() {
 fn node_raises_its_open_file_limit_to_the_hard_limit() {
     let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
     assert!(hard > 1024, "this test needs a hard limit above 1024");
-    let node = Node::start_with_soft_fd_limit(NodeFiles::new("models:\n  m: {url: \"http://127.0.0.1:9\"}\n", ""), 1024);
+    let node =
+        Node::start_with_soft_fd_limit(NodeFiles::new("models:\n  m: {url: \"http://127.0.0.1:9\"}\n", ""), 1024);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).unwrap();
     let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
     let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();

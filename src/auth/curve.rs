@@ -33,8 +33,7 @@ impl CurveVerifier for K256 {
 
     fn verify(&self, key: &VerifyingKey, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
         use k256::ecdsa::signature::hazmat::PrehashVerifier;
-        Signature::from_slice(signature)
-            .is_ok_and(|signature| key.verify_prehash(digest, &signature).is_ok())
+        Signature::from_slice(signature).is_ok_and(|signature| key.verify_prehash(digest, &signature).is_ok())
     }
 
     fn recover(&self, digest: &[u8; 32], signature: &[u8; 64], recovery: u8) -> Option<VerifyingKey> {
@@ -78,9 +77,7 @@ impl CurveVerifier for LibSecp256k1 {
     fn verify(&self, key: &secp256k1::PublicKey, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
         // libsecp256k1 accepts only low-S signatures here.
         secp256k1::ecdsa::Signature::from_compact(signature).is_ok_and(|signature| {
-            self.context
-                .verify_ecdsa(&secp256k1::Message::from_digest(*digest), &signature, key)
-                .is_ok()
+            self.context.verify_ecdsa(&secp256k1::Message::from_digest(*digest), &signature, key).is_ok()
         })
     }
 
@@ -93,9 +90,7 @@ impl CurveVerifier for LibSecp256k1 {
         }
         let recovery = secp256k1::ecdsa::RecoveryId::try_from(i32::from(recovery)).ok()?;
         let signature = secp256k1::ecdsa::RecoverableSignature::from_compact(signature, recovery).ok()?;
-        self.context
-            .recover_ecdsa(&secp256k1::Message::from_digest(*digest), &signature)
-            .ok()
+        self.context.recover_ecdsa(&secp256k1::Message::from_digest(*digest), &signature).ok()
     }
 }
 
@@ -130,10 +125,8 @@ mod tests {
             let other_digest = ethers_core::utils::keccak256([seed, 1]);
             assert!(!k256.verify(&k_key, &other_digest, &rs) && !lib.verify(&l_key, &other_digest, &rs));
             let (r, s) = signature.split_scalars();
-            let high: [u8; 64] = k256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes())
-                .unwrap()
-                .to_bytes()
-                .into();
+            let high: [u8; 64] =
+                k256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap().to_bytes().into();
             assert!(!k256.verify(&k_key, &digest, &high) && !lib.verify(&l_key, &digest, &high));
             let flipped = 1 - recovery.to_byte();
             assert!(k256.recover(&digest, &high, flipped).is_none() && lib.recover(&digest, &high, flipped).is_none());

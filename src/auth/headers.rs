@@ -44,9 +44,7 @@ fn text<'a>(headers: &'a HeaderMap, name: &HeaderName, display: &'static str) ->
 }
 
 fn required<'a>(headers: &'a HeaderMap, name: &HeaderName, display: &'static str) -> Result<&'a str, AuthError> {
-    text(headers, name, display)?
-        .filter(|v| !v.is_empty())
-        .ok_or(AuthError::MissingHeader(display))
+    text(headers, name, display)?.filter(|v| !v.is_empty()).ok_or(AuthError::MissingHeader(display))
 }
 
 fn hex_digits(value: &str) -> &str {
@@ -64,10 +62,7 @@ fn hex_array<const N: usize>(header: &'static str, value: &str) -> Result<[u8; N
     if digits.len() != 2 * N {
         // Tell bad digits apart from a wrong length, as the caller needs to know which.
         hex::decode(digits).map_err(|e| AuthError::BadEncoding { header, reason: format!("not hex ({e})") })?;
-        return Err(AuthError::BadEncoding {
-            header,
-            reason: format!("must be {N} bytes ({} hex digits)", 2 * N),
-        });
+        return Err(AuthError::BadEncoding { header, reason: format!("must be {N} bytes ({} hex digits)", 2 * N) });
     }
     hex::decode_to_slice(digits, &mut bytes)
         .map_err(|e| AuthError::BadEncoding { header, reason: format!("not hex ({e})") })?;
@@ -85,9 +80,7 @@ impl<'a> SignedHeaders<'a> {
         let nonce = required(headers, &X_NONCE, "X-Nonce")?;
         let signature_text = required(headers, &X_SIGNATURE, "X-Signature")?;
 
-        let address = address
-            .map(|value| hex_array::<20>("X-Address", value).map(Address::from))
-            .transpose()?;
+        let address = address.map(|value| hex_array::<20>("X-Address", value).map(Address::from)).transpose()?;
         let public_key = public_key
             .map(|value| {
                 let bytes = hex_bytes("X-Public-Key", value)?;

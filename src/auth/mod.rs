@@ -14,11 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ethers_core::types::Address;
 use http::HeaderMap;
 
-pub use curve::{CurveVerifier, DefaultCurve, K256};
 #[cfg(feature = "libsecp256k1")]
 pub use curve::LibSecp256k1;
-pub use headers::SignedHeaders;
+pub use curve::{CurveVerifier, DefaultCurve, K256};
 use headers::signed_message;
+pub use headers::SignedHeaders;
 pub use nonce::{NonceOutcome, NonceStore};
 pub use signing::sign_request;
 
@@ -123,14 +123,7 @@ impl<V: CurveVerifier> Authenticator<V> {
         max_clock_skew: Duration,
         nonce_ttl: Duration,
     ) -> Self {
-        Self {
-            curve,
-            directory,
-            nonces,
-            max_clock_skew,
-            nonce_ttl,
-            keys_by_address: RwLock::default(),
-        }
+        Self { curve, directory, nonces, max_clock_skew, nonce_ttl, keys_by_address: RwLock::default() }
     }
 
     pub fn nonce_store(&self) -> &Arc<NonceStore> {
@@ -156,10 +149,9 @@ impl<V: CurveVerifier> Authenticator<V> {
             .public_key
             .as_deref()
             .map(|sec1| {
-                self.curve.parse_public_key(sec1).ok_or(AuthError::BadEncoding {
-                    header: "X-Public-Key",
-                    reason: "not a point on secp256k1".into(),
-                })
+                self.curve
+                    .parse_public_key(sec1)
+                    .ok_or(AuthError::BadEncoding { header: "X-Public-Key", reason: "not a point on secp256k1".into() })
             })
             .transpose()?;
         let address = match (signed.address, &header_key) {
@@ -221,12 +213,7 @@ impl<V: CurveVerifier> Authenticator<V> {
     }
 
     fn verify_for_address(&self, address: &Address, digest: &[u8; 32], rs: &[u8; 64], recovery: u8) -> bool {
-        let cached = self
-            .keys_by_address
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(address)
-            .cloned();
+        let cached = self.keys_by_address.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(address).cloned();
         if let Some(key) = cached {
             return self.curve.verify(&key, digest, rs);
         }

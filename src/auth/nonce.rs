@@ -59,9 +59,9 @@ impl NonceStore {
                 NonceOutcome::Recorded
             }
             None => {
-                let reserved = self
-                    .len
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| (len < self.max_entries).then_some(len + 1));
+                let reserved = self.len.fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| {
+                    (len < self.max_entries).then_some(len + 1)
+                });
                 if reserved.is_err() {
                     return NonceOutcome::Full;
                 }

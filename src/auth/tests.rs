@@ -61,10 +61,7 @@ fn fixture() -> Fixture {
 }
 
 fn headers(pairs: &[(&str, String)]) -> HeaderMap {
-    pairs
-        .iter()
-        .map(|(name, value)| (name.parse().unwrap(), value.parse().unwrap()))
-        .collect()
+    pairs.iter().map(|(name, value)| (name.parse().unwrap(), value.parse().unwrap())).collect()
 }
 
 fn signed(key: &SigningKey, body: &[u8], timestamp: i64, nonce: &str, with_public_key: bool) -> HeaderMap {

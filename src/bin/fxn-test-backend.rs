@@ -108,9 +108,7 @@ where
         async move { Ok::<_, Infallible>(backend.handle(request, connection, reused, fd).await) }
     });
     // Errors here are the faults this backend injects, or callers that left.
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
 }
 
 fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<tokio_rustls::TlsAcceptor> {
@@ -273,9 +271,7 @@ impl Backend {
         };
         tokio::spawn(task);
         let mut response = Response::new(body.boxed());
-        response
-            .headers_mut()
-            .insert("content-type", "text/event-stream".parse().expect("static header"));
+        response.headers_mut().insert("content-type", "text/event-stream".parse().expect("static header"));
         response.headers_mut().insert("cache-control", "no-cache".parse().expect("static header"));
         response
     }

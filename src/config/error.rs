@@ -11,11 +11,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { file: file.to_path_buf(), key: key.into(), message: message.into() }
     }
 }
 

@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, ConfigErrors};
 pub use model_backend::{Backend, BackendAuth, ModelBackends, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY};
 pub use node::{
-    AuthSettings, Limits, LogSettings, NodeConfig, NonceCacheSettings, ProxySettings,
-    RegistrySettings, StaticSigners,
+    AuthSettings, Limits, LogSettings, NodeConfig, NonceCacheSettings, ProxySettings, RegistrySettings, StaticSigners,
 };
 pub use server_conf::load_server_conf;
 pub use yaml::{parse_address, parse_duration, parse_http_url};
@@ -53,16 +52,10 @@ impl Settings {
     pub fn load(paths: &ConfigPaths) -> Result<Self, ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let node = NodeConfig::load(&paths.config).map_err(|e| errors.extend(e)).ok();
-        let models = ModelBackends::load(&paths.model_backend)
-            .map_err(|e| errors.extend(e))
-            .ok();
-        let server = load_server_conf(&paths.server_conf)
-            .map_err(|e| errors.extend(e))
-            .ok();
+        let models = ModelBackends::load(&paths.model_backend).map_err(|e| errors.extend(e)).ok();
+        let server = load_server_conf(&paths.server_conf).map_err(|e| errors.extend(e)).ok();
         match (node, models, server) {
-            (Some(node), Some(models), Some(server)) if errors.is_empty() => {
-                Ok(Self { node, models, server })
-            }
+            (Some(node), Some(models), Some(server)) if errors.is_empty() => Ok(Self { node, models, server }),
             _ => Err(errors),
         }
     }

@@ -63,11 +63,9 @@ impl ModelBackends {
         for (key, value) in document {
             match (key.as_str(), value) {
                 (Some("models"), Value::Mapping(map)) => entries = Some(map),
-                (Some("models"), _) => errors.push(ConfigError::new(
-                    path,
-                    "models",
-                    "expected a mapping of model name to backend",
-                )),
+                (Some("models"), _) => {
+                    errors.push(ConfigError::new(path, "models", "expected a mapping of model name to backend"))
+                }
                 (name, _) => errors.push(ConfigError::new(
                     path,
                     name.unwrap_or("?"),
@@ -77,11 +75,7 @@ impl ModelBackends {
         }
         let Some(entries) = entries else {
             if errors.is_empty() {
-                errors.push(ConfigError::new(
-                    path,
-                    "models",
-                    "missing: list each model name with its backend `url`",
-                ));
+                errors.push(ConfigError::new(path, "models", "missing: list each model name with its backend `url`"));
             }
             return Err(errors);
         };
@@ -130,12 +124,7 @@ impl ModelBackends {
     }
 }
 
-fn validate_entry(
-    path: &Path,
-    key: &str,
-    entry: BackendEntry,
-    errors: &mut ConfigErrors,
-) -> Option<Backend> {
+fn validate_entry(path: &Path, key: &str, entry: BackendEntry, errors: &mut ConfigErrors) -> Option<Backend> {
     let before = errors.0.len();
     let url = yaml::parse_http_url(&entry.url)
         .map_err(|message| errors.push(ConfigError::new(path, format!("{key}.url"), message)))

@@ -11,17 +11,8 @@ use serde_yaml::Value;
 use super::yaml::{self, typed};
 use super::{ConfigError, ConfigErrors};
 
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "node",
-    "logger",
-    "registry",
-    "rpcProvider",
-    "schedulerAddress",
-    "nonceCache",
-    "proxy",
-    "limits",
-    "auth",
-];
+const TOP_LEVEL_KEYS: &[&str] =
+    &["node", "logger", "registry", "rpcProvider", "schedulerAddress", "nonceCache", "proxy", "limits", "auth"];
 
 /// The validated contents of `config.yaml`.
 #[derive(Debug, Clone)]
@@ -62,8 +53,7 @@ impl NodeConfig {
         let logger: LogSettings = typed(path, "logger", section("logger"), &mut errors);
         let registry_section: RegistrySection = typed(path, "registry", section("registry"), &mut errors);
         let rpc_provider: RpcProvider = typed(path, "rpcProvider", section("rpcProvider"), &mut errors);
-        let scheduler: SchedulerAddress =
-            typed(path, "schedulerAddress", section("schedulerAddress"), &mut errors);
+        let scheduler: SchedulerAddress = typed(path, "schedulerAddress", section("schedulerAddress"), &mut errors);
         let nonce_cache: NonceCacheSettings = typed(path, "nonceCache", section("nonceCache"), &mut errors);
         let proxy: ProxySettings = typed(path, "proxy", section("proxy"), &mut errors);
         let limits: Limits = typed(path, "limits", section("limits"), &mut errors);
@@ -127,11 +117,7 @@ struct NodeSection {
 
 impl Default for NodeSection {
     fn default() -> Self {
-        Self {
-            listen_port: 8080,
-            listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            key_file: None,
-        }
+        Self { listen_port: 8080, listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST), key_file: None }
     }
 }
 
@@ -215,11 +201,7 @@ pub struct NonceCacheSettings {
 
 impl Default for NonceCacheSettings {
     fn default() -> Self {
-        Self {
-            ttl: Duration::from_secs(300),
-            cleanup_interval: Duration::from_secs(60),
-            max_entries: 1_000_000,
-        }
+        Self { ttl: Duration::from_secs(300), cleanup_interval: Duration::from_secs(60), max_entries: 1_000_000 }
     }
 }
 

@@ -19,10 +19,8 @@ pub fn load_server_conf(path: &Path) -> Result<ServerConf, ConfigErrors> {
 
 pub fn parse_server_conf(path: &Path, text: &str) -> Result<ServerConf, ConfigErrors> {
     let document = yaml::parse_document(path, text)?;
-    let known = serde_yaml::to_value(ServerConf::default())
-        .ok()
-        .and_then(|v| v.as_mapping().cloned())
-        .unwrap_or_default();
+    let known =
+        serde_yaml::to_value(ServerConf::default()).ok().and_then(|v| v.as_mapping().cloned()).unwrap_or_default();
     let mut errors = ConfigErrors::default();
     for key in document.keys() {
         if !known.contains_key(key) {
@@ -38,9 +36,7 @@ pub fn parse_server_conf(path: &Path, text: &str) -> Result<ServerConf, ConfigEr
     }
     // Pingora requires `version`; a conf without it is still ours to accept.
     let mut document = document;
-    document
-        .entry("version".into())
-        .or_insert(serde_yaml::Value::Number(1.into()));
+    document.entry("version".into()).or_insert(serde_yaml::Value::Number(1.into()));
     let normalized = serde_yaml::to_string(&document).unwrap_or_default();
     let mut conf = ServerConf::from_yaml(&normalized).map_err(|e| {
         // The cause is the YAML error, which names the key; the context repeats the whole file.
@@ -63,8 +59,7 @@ pub fn parse_server_conf(path: &Path, text: &str) -> Result<ServerConf, ConfigEr
         }
     }
     conf.grace_period_seconds.get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
-    conf.graceful_shutdown_timeout_seconds
-        .get_or_insert(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS);
+    conf.graceful_shutdown_timeout_seconds.get_or_insert(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS);
     errors.into_result(conf)
 }
 

@@ -73,18 +73,14 @@ pub(super) fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> R
 pub fn parse_address(text: &str) -> Result<ethers_core::types::Address, String> {
     let hex_digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
     if hex_digits.len() != 40 || !hex_digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "`{text}` is not an Ethereum address: write 0x followed by 40 hex digits"
-        ));
+        return Err(format!("`{text}` is not an Ethereum address: write 0x followed by 40 hex digits"));
     }
     let mut bytes = [0u8; 20];
     hex::decode_to_slice(hex_digits, &mut bytes).map_err(|e| e.to_string())?;
     Ok(bytes.into())
 }
 
-pub(super) fn address<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<ethers_core::types::Address, D::Error> {
+pub(super) fn address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ethers_core::types::Address, D::Error> {
     parse_address(&String::deserialize(deserializer)?).map_err(D::Error::custom)
 }
 
@@ -97,10 +93,7 @@ pub(super) fn optional_address<'de, D: Deserializer<'de>>(
 pub(super) fn addresses<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<ethers_core::types::Address>, D::Error> {
-    Vec::<String>::deserialize(deserializer)?
-        .iter()
-        .map(|text| parse_address(text).map_err(D::Error::custom))
-        .collect()
+    Vec::<String>::deserialize(deserializer)?.iter().map(|text| parse_address(text).map_err(D::Error::custom)).collect()
 }
 
 /// An `http` or `https` URL with a host, such as a backend's base URL or an RPC endpoint.
@@ -114,7 +107,9 @@ pub fn parse_http_url(text: &str) -> Result<url::Url, String> {
         return Err(format!("`{text}` has no host"));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(format!("`{text}` must not have a query or fragment: the request path and query are appended to it"));
+        return Err(format!(
+            "`{text}` must not have a query or fragment: the request path and query are appended to it"
+        ));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(format!("`{text}` must not carry credentials: use the `auth` keys"));
@@ -122,12 +117,8 @@ pub fn parse_http_url(text: &str) -> Result<url::Url, String> {
     Ok(parsed)
 }
 
-pub(super) fn optional_http_url<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<url::Url>, D::Error> {
-    parse_http_url(&String::deserialize(deserializer)?)
-        .map(Some)
-        .map_err(D::Error::custom)
+pub(super) fn optional_http_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<url::Url>, D::Error> {
+    parse_http_url(&String::deserialize(deserializer)?).map(Some).map_err(D::Error::custom)
 }
 
 #[cfg(test)]

@@ -71,11 +71,9 @@ impl ApiError {
                 format!("the model backend could not be reached ({})", error.etype().as_str()),
             )),
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
-            (ErrorSource::Downstream, ReadTimedout) => Some(Self::invalid_request(
-                408,
-                "request_timeout",
-                "the request body did not arrive in time",
-            )),
+            (ErrorSource::Downstream, ReadTimedout) => {
+                Some(Self::invalid_request(408, "request_timeout", "the request body did not arrive in time"))
+            }
             (ErrorSource::Downstream, _) => Some(Self::invalid_request(400, "bad_request", "malformed HTTP request")),
             (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => Some(Self::upstream(
                 504,

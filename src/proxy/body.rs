@@ -82,11 +82,7 @@ pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
     })?;
     match parsed.model {
         Some(model) if !model.is_empty() => Ok(model),
-        _ => Err(ApiError::invalid_request(
-            400,
-            "missing_model",
-            "the body has no `model`: name the model to run",
-        )),
+        _ => Err(ApiError::invalid_request(400, "missing_model", "the body has no `model`: name the model to run")),
     }
 }
 

@@ -184,15 +184,8 @@ impl NodeProxy {
         // Boxed: the relay's state is kilobytes, and inline it would grow every request's
         // `request_filter` future, which is copied into a box on each call, though only
         // bodies beyond 64 KiB take this path.
-        let relayed = Box::pin(relay::relay(
-            &self.connector,
-            session,
-            &peer,
-            request,
-            body,
-            self.router.idle_timeout(),
-        ))
-        .await;
+        let relayed =
+            Box::pin(relay::relay(&self.connector, session, &peer, request, body, self.router.idle_timeout())).await;
         match relayed {
             Ok(()) => Ok(Handled::Answered),
             Err(relay::RelayError::BeforeResponse(e)) => match ApiError::from_proxy_error(&e) {
@@ -205,9 +198,7 @@ impl NodeProxy {
 }
 
 async fn respond(session: &mut Session, status: u16, content_type: &str, body: Bytes) -> Result<(), Rejected> {
-    api_error::write_response(session, status, content_type, None, body)
-        .await
-        .map_err(Rejected::Broken)
+    api_error::write_response(session, status, content_type, None, body).await.map_err(Rejected::Broken)
 }
 
 #[async_trait]
@@ -215,14 +206,7 @@ impl ProxyHttp for NodeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            started: Instant::now(),
-            endpoint: None,
-            route: None,
-            peer: None,
-            body_len: 0,
-            signer: None,
-        }
+        RequestCtx { started: Instant::now(), endpoint: None, route: None, peer: None, body_len: 0, signer: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -243,9 +227,7 @@ impl ProxyHttp for NodeProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         // A clone, not a take: Pingora asks again when it retries on a fresh connection.
-        ctx.peer
-            .clone()
-            .ok_or_else(|| Error::explain(InternalError, "no backend chosen for this request"))
+        ctx.peer.clone().ok_or_else(|| Error::explain(InternalError, "no backend chosen for this request"))
     }
 
     async fn upstream_request_filter(
@@ -254,15 +236,19 @@ impl ProxyHttp for NodeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let route = ctx
-            .route
-            .as_ref()
-            .ok_or_else(|| Error::explain(InternalError, "no backend chosen for this request"))?;
+        let route =
+            ctx.route.as_ref().ok_or_else(|| Error::explain(InternalError, "no backend chosen for this request"))?;
         routing::prepare_upstream_request(route, ctx.body_len, upstream_request)
             .map_err(|e| Error::because(InternalError, "rewriting the request for its backend", e))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, _ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         // A backend that refuses a fresh connection will refuse the next one too.
         e.set_retry(false);
         e
@@ -310,13 +296,9 @@ impl ProxyHttp for NodeProxy {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let path = ctx.endpoint.map_or("(unknown path)", Endpoint::path);
-        let (model, backend) = ctx
-            .route
-            .as_ref()
-            .map_or(("-", "-"), |route| (route.entry.as_str(), route.url.as_str()));
-        let signer = ctx
-            .signer
-            .map_or_else(|| "-".to_string(), |s| format!("{}:{:?}", s.role, s.address));
+        let (model, backend) =
+            ctx.route.as_ref().map_or(("-", "-"), |route| (route.entry.as_str(), route.url.as_str()));
+        let signer = ctx.signer.map_or_else(|| "-".to_string(), |s| format!("{}:{:?}", s.role, s.address));
         let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         let method = &session.req_header().method;
         let line = format!(

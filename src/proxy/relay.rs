@@ -28,31 +28,20 @@ pub async fn relay(
     body: Bytes,
     idle_timeout: Duration,
 ) -> Result<(), RelayError> {
-    let mut upstream = send_request(connector, peer, request, body)
-        .await
-        .map_err(RelayError::BeforeResponse)?;
+    let mut upstream = send_request(connector, peer, request, body).await.map_err(RelayError::BeforeResponse)?;
     let Some(response) = upstream.response_header().cloned() else {
         return Err(RelayError::BeforeResponse(pingora::Error::explain(
             pingora::ErrorType::InvalidHTTPHeader,
             "backend sent no response header",
         )));
     };
-    session
-        .write_response_header(Box::new(response), false)
-        .await
-        .map_err(RelayError::AfterResponse)?;
+    session.write_response_header(Box::new(response), false).await.map_err(RelayError::AfterResponse)?;
     loop {
         // Dropping `upstream` on any error closes the backend connection, which cancels the
         // backend's work when the caller has gone.
-        let chunk = upstream
-            .read_response_body()
-            .await
-            .map_err(|e| RelayError::AfterResponse(e.into_up()))?;
+        let chunk = upstream.read_response_body().await.map_err(|e| RelayError::AfterResponse(e.into_up()))?;
         let end = chunk.is_none();
-        session
-            .write_response_body(chunk, end)
-            .await
-            .map_err(RelayError::AfterResponse)?;
+        session.write_response_body(chunk, end).await.map_err(RelayError::AfterResponse)?;
         if end {
             break;
         }

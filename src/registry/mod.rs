@@ -20,13 +20,7 @@ impl StaticRegistry {
     pub fn from_settings(settings: &RegistrySettings) -> Self {
         Self {
             gateways: settings.static_signers.gateways.iter().copied().collect(),
-            schedulers: settings
-                .static_signers
-                .schedulers
-                .iter()
-                .copied()
-                .chain(settings.scheduler_address)
-                .collect(),
+            schedulers: settings.static_signers.schedulers.iter().copied().chain(settings.scheduler_address).collect(),
         }
     }
 

@@ -46,12 +46,7 @@ impl TestBackend {
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/stats", self.url()))
-            .await
-            .expect("backend stats")
-            .json()
-            .await
-            .expect("stats JSON")
+        reqwest::get(format!("{}/stats", self.url())).await.expect("backend stats").json().await.expect("stats JSON")
     }
 }
 
