@@ -9,7 +9,7 @@ if ! command -v cmake >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
 fi
-cargo build --locked --release --bins
+cargo build --locked --release -p fxn-node -p fxn-test-backend --bins
 
 if [ "${FXN_TEST_BACKEND:-1}" != 0 ]; then
     ./target/release/fxn-test-backend --listen 127.0.0.1:8000 &

@@ -16,6 +16,8 @@ python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 
     "eth-account>=0.13,<0.15" "openai>=1.50,<4" "httpx>=0.27,<1"
 
 cargo fmt --all --check
+# The test backend is a crate of its own; the node's tests start its binary.
+cargo build --locked -p fxn-test-backend
 cargo test --locked --all-targets "$@"
 # The benchmark harness builds, so it cannot rot unnoticed (it runs with benches/e2e/run.sh).
 cargo build --locked -p fxn-bench

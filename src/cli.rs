@@ -168,12 +168,13 @@ fn sign(args: SignArgs) -> ExitCode {
     let nonce = args.nonce.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     match crate::auth::sign_request(&key.signing_key, &body, timestamp, &nonce, args.public_key) {
         Ok(headers) => {
-            for (name, value) in headers {
-                println!("{name}: {value}");
+            for (name, value) in &headers {
+                let spelled = crate::auth::SigningHeader::named(name).map_or(name.as_str(), |header| header.display);
+                println!("{spelled}: {}", value.to_str().unwrap_or_default());
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(format!("signing failed: {e}")),
+        Err(e) => fail(e.to_string()),
     }
 }
 

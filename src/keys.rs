@@ -11,6 +11,20 @@ use ethers_core::utils::{secret_key_to_address, to_checksum};
 use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
 
+/// Keys whose private half is public, as (checksummed address, what it is): the repository's test
+/// keys and the network's published test keys. Trusting one lets anyone sign requests as it.
+pub(crate) const PUBLICLY_KNOWN_KEYS: [(&str, &str); 4] = [
+    ("0x4e95104030ECA5926555e8CafC8783Cf911C7f2B", "scripts/gateway_test_key.json"),
+    ("0x5D6aDbfaF1602c7b28fFCd1cc85027694de4351D", "scripts/scheduler_test_key.json"),
+    ("0x0172b2911af6A2491ff76dDEc34aCb7AE2c03BA1", "the network's public gateway test key"),
+    ("0x9EC5501b7db525648C46098CCe1Df11EbBA9c16a", "the network's public scheduler test key"),
+];
+
+/// What `address` is, when its private key is public.
+pub(crate) fn publicly_known(address: &Address) -> Option<&'static str> {
+    PUBLICLY_KNOWN_KEYS.iter().find(|(known, _)| to_checksum(address, None) == *known).map(|(_, name)| *name)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error("{path}: cannot read the key file ({source}); create one with `fxn accounts new --out {path}`")]
@@ -139,6 +153,20 @@ impl NodeKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publicly_known_keys_match_the_repository_files() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (address, name) in &PUBLICLY_KNOWN_KEYS[..2] {
+            let key = NodeKey::parse(&std::fs::read_to_string(root.join(name)).unwrap()).unwrap();
+            assert_eq!(key.checksummed_address(), *address, "{name}");
+            assert_eq!(publicly_known(&key.address), Some(*name));
+        }
+        for (address, _) in PUBLICLY_KNOWN_KEYS {
+            assert_eq!(to_checksum(&crate::config::parse_address(address).unwrap(), None), address, "{address}");
+        }
+        assert_eq!(publicly_known(&NodeKey::generate().address), None);
+    }
 
     #[test]
     fn written_key_loads_back_with_mode_0600() {

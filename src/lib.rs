@@ -2,11 +2,11 @@
 //! in front of an operator's inference servers, built on Pingora.
 
 pub mod auth;
-pub mod challenge;
+mod challenge;
 pub mod cli;
 pub mod config;
 pub mod keys;
 pub mod proxy;
 pub mod registry;
-pub mod routing;
-pub mod server;
+mod routing;
+mod server;

@@ -1,6 +1,5 @@
-//! Model → backend routing: picks the backend for a request's `model`, builds the Pingora peer
-//! for it (resolving its host without blocking), and rewrites the request for that backend.
-//! Both ways of reaching a backend (Pingora's `upstream_peer` and the connector relay) use it.
+//! Model → backend routing: picks the backend for a request's `model` and builds the Pingora peer
+//! for it, resolving its host without blocking. What is sent to the backend is `proxy::upstream`'s.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,35 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
 use pingora::upstreams::peer::{HttpPeer, ALPN};
 use url::Host;
 
 use crate::config::{Backend, BackendAuth, ModelBackends, ProxySettings};
-
-/// Headers that belong to the caller's connection or to the network's signing scheme, never
-/// to the backend.
-const STRIPPED_REQUEST_HEADERS: &[&str] = &[
-    "x-address",
-    "x-public-key",
-    "x-signature",
-    "x-timestamp",
-    "x-nonce",
-    // The backend's credentials come from model_backend.yaml only.
-    "authorization",
-    "x-api-key",
-    // Hop-by-hop (RFC 9110 §7.6.1).
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-    // The body is forwarded whole, framed by Content-Length.
-    "transfer-encoding",
-];
 
 /// How long a resolved backend address is reused before its name is looked up again.
 const RESOLVED_ADDRESS_TTL: Duration = Duration::from_secs(30);
@@ -47,8 +21,6 @@ pub enum RoutingError {
     UnknownModel { model: String, served: Vec<String> },
     #[error("cannot resolve the backend host `{host}` of model entry `{entry}`: {reason}")]
     Unresolvable { entry: String, host: String, reason: String },
-    #[error("cannot build the backend request path: {0}")]
-    BadPath(String),
 }
 
 /// One backend, ready to receive requests.
@@ -61,9 +33,10 @@ pub struct ModelRoute {
     tls: bool,
     host: Host<String>,
     port: u16,
-    base_path: String,
-    host_header: HeaderValue,
-    credential: Option<(HeaderName, HeaderValue)>,
+    /// The URL's path without its trailing `/`: requests go under it.
+    pub(crate) base_path: String,
+    pub(crate) host_header: HeaderValue,
+    pub(crate) credential: Option<(HeaderName, HeaderValue)>,
 }
 
 impl ModelRoute {
@@ -168,11 +141,6 @@ impl Router {
         Ok(peer)
     }
 
-    /// How long an idle backend connection stays in the pool.
-    pub fn idle_timeout(&self) -> Duration {
-        self.timeouts.idle
-    }
-
     async fn resolve(&self, route: &ModelRoute) -> Result<SocketAddr, RoutingError> {
         let name = match &route.host {
             Host::Ipv4(ip) => return Ok(SocketAddr::new((*ip).into(), route.port)),
@@ -226,57 +194,6 @@ impl Router {
     }
 }
 
-/// Rewrites the caller's request for `route`: the path under the backend's base path, `Host`
-/// set to the backend, the caller's signing, credential and hop-by-hop headers dropped, the
-/// backend's credential added and the body framed by its length.
-pub fn prepare_upstream_request(
-    route: &ModelRoute,
-    body_len: usize,
-    request: &mut RequestHeader,
-) -> Result<(), RoutingError> {
-    // Most backends sit at the root and most callers send a bare path: then the URI stays as
-    // it is. An absolute-form target (`http://node/v1/…`) is cut to its path for the backend.
-    if !route.base_path.is_empty() || request.uri.authority().is_some() {
-        let path_and_query = request.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!("{}{}", route.base_path, path_and_query)
-            .parse::<http::Uri>()
-            .map_err(|e| RoutingError::BadPath(e.to_string()))?;
-        request.set_uri(uri);
-    }
-
-    // One pass over the caller's few headers finds what to drop; removing every listed name
-    // instead would hash and look up each of them on every request.
-    let named_by_connection: Vec<&str> = request
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let stripped: Vec<HeaderName> = request
-        .headers
-        .keys()
-        .filter(|name| {
-            STRIPPED_REQUEST_HEADERS.contains(&name.as_str())
-                || named_by_connection.iter().any(|named| named.eq_ignore_ascii_case(name.as_str()))
-        })
-        .cloned()
-        .collect();
-    for name in stripped {
-        request.remove_header(&name);
-    }
-    let set = |request: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
-        request.insert_header(name, value).map_err(|e| RoutingError::BadPath(e.to_string()))
-    };
-    set(request, header::HOST, route.host_header.clone())?;
-    set(request, header::CONTENT_LENGTH, HeaderValue::from(body_len))?;
-    if let Some((name, value)) = &route.credential {
-        set(request, name.clone(), value.clone())?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,50 +217,6 @@ mod tests {
         let router = router("models: {a: {url: 'http://127.0.0.1:1'}, default: {url: 'http://127.0.0.1:2'}}");
         assert_eq!(router.select("zzz").unwrap().entry, "default");
         assert_eq!(router.model_list()["data"].as_array().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn request_is_rewritten_for_the_backend() {
-        let router = router("models: {a: {url: 'https://api.example.com:8443/openai/', auth: {bearer_token: t0k}}}");
-        let route = router.select("a").unwrap();
-        let mut request = RequestHeader::build("POST", b"/v1/chat/completions?x=1", None).unwrap();
-        for (name, value) in [
-            ("host", "node.example"),
-            ("x-signature", "aa"),
-            ("x-address", "0x01"),
-            ("authorization", "Bearer caller"),
-            ("connection", "keep-alive, X-Custom-Hop"),
-            ("x-custom-hop", "1"),
-            ("transfer-encoding", "chunked"),
-            ("content-type", "application/json"),
-        ] {
-            request.insert_header(name, value).unwrap();
-        }
-        prepare_upstream_request(&route, 42, &mut request).unwrap();
-        assert_eq!(request.uri.to_string(), "/openai/v1/chat/completions?x=1");
-        let header = |name: &str| request.headers.get(name).map(|v| v.to_str().unwrap().to_string());
-        assert_eq!(header("host").as_deref(), Some("api.example.com:8443"));
-        assert_eq!(header("authorization").as_deref(), Some("Bearer t0k"));
-        assert_eq!(header("content-length").as_deref(), Some("42"));
-        assert_eq!(header("content-type").as_deref(), Some("application/json"));
-        for gone in ["x-signature", "x-address", "connection", "x-custom-hop", "transfer-encoding"] {
-            assert_eq!(header(gone), None, "{gone} was forwarded");
-        }
-    }
-
-    #[test]
-    fn root_backend_keeps_the_callers_path_and_query() {
-        let router = router("models: {a: {url: 'http://127.0.0.1:8000'}}");
-        let mut request = RequestHeader::build("POST", b"/v1/embeddings?trace=1", None).unwrap();
-        request.insert_header("x-nonce", "n").unwrap();
-        prepare_upstream_request(&router.select("a").unwrap(), 7, &mut request).unwrap();
-        assert_eq!(request.uri.to_string(), "/v1/embeddings?trace=1");
-        assert_eq!(request.headers.get("host").unwrap(), "127.0.0.1:8000");
-        assert!(request.headers.get("x-nonce").is_none());
-
-        let mut absolute = RequestHeader::build("POST", b"http://node.example/v1/embeddings", None).unwrap();
-        prepare_upstream_request(&router.select("a").unwrap(), 7, &mut absolute).unwrap();
-        assert_eq!(absolute.uri.to_string(), "/v1/embeddings");
     }
 
     #[tokio::test]

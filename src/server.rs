@@ -16,9 +16,10 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::auth::{Authenticator, DefaultCurve, NonceStore};
 use crate::config::Settings;
+use crate::keys::publicly_known;
 use crate::keys::NodeKey;
 use crate::proxy::NodeProxy;
-use crate::registry::{publicly_known_keys, StaticRegistry};
+use crate::registry::StaticRegistry;
 use crate::routing::Router;
 
 /// Callers' connections read straight into Pingora's header and body buffers. Pingora's default
@@ -56,7 +57,7 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     let conf = pingora_server.configuration.clone();
     let router = Arc::new(Router::new(&models, &node.proxy));
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&conf)));
-    let proxy = NodeProxy::new(auth, router, node.limits.clone(), connector);
+    let proxy = NodeProxy::new(auth, router, node.limits.clone(), connector, conf.max_retries);
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "fxn proxy");
     service.add_listener(ListenerConfig::tcp(node.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     pingora_server.add_service(service);
@@ -80,9 +81,8 @@ fn raise_open_file_limit() {
 }
 
 fn warn_about_public_keys(registry: &StaticRegistry) {
-    let known = publicly_known_keys();
     for (role, address) in registry.entries() {
-        if let Some((_, name)) = known.iter().find(|(known, _)| known == address) {
+        if let Some(name) = publicly_known(address) {
             log::warn!(
                 "!!! TRUSTING A PUBLIC TEST KEY: {} ({name}) is trusted as a {role}. Its private key is \
                  public, so anyone can sign requests as it. Remove it from registry.static before serving real traffic.",

@@ -10,11 +10,11 @@ use support::*;
 
 const CHAT: &[u8] = br#"{"model":"fxn/test-model","messages":[{"role":"user","content":"hi"}]}"#;
 
+/// The status and code of an authentication failure.
 async fn error_of(response: reqwest::Response) -> (u16, String) {
-    let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.expect("an OpenAI-style JSON error");
-    assert_eq!(body["error"]["type"], "authentication_error", "{body}");
-    (status, body["error"]["code"].as_str().unwrap_or_default().to_string())
+    let (status, error) = api_error(response).await;
+    assert_eq!(error["type"], "authentication_error", "{error}");
+    (status, error["code"].as_str().unwrap_or_default().to_string())
 }
 
 fn python(args: &[&str]) -> String {
@@ -72,10 +72,7 @@ async fn replay_and_stale_requests_are_refused() {
     let key = gateway_key();
     for timestamp in [now_unix() - 400, now_unix() + 400] {
         let headers = fxn_node::auth::sign_request(&key.signing_key, CHAT, timestamp, "stale", false).unwrap();
-        let mut request = client.post(node.url("/v1/completions")).body(CHAT);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
+        let request = client.post(node.url("/v1/completions")).headers(headers).body(CHAT);
         assert_eq!(error_of(request.send().await.unwrap()).await, (401, "stale_timestamp".into()));
     }
 }
@@ -117,9 +114,16 @@ async fn expired_nonces_are_swept_so_a_full_store_recovers() {
     }
     let full = gateway_post(&node, "/v1/completions", CHAT.to_vec()).send().await.unwrap();
     assert_eq!(full.status(), 503);
-    // Each nonce is kept until its timestamp leaves the 2 s window, then the sweeper drops it.
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    let after = gateway_post(&node, "/v1/completions", CHAT.to_vec()).send().await.unwrap();
+    // Each nonce is kept until its timestamp leaves the 2 s window, then the sweeper drops it:
+    // within about 4 s of signing (2 s skew + 1 s sweep, and the second of the timestamp).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let after = loop {
+        let response = gateway_post(&node, "/v1/completions", CHAT.to_vec()).send().await.unwrap();
+        if response.status() != 503 || std::time::Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
     assert_eq!(after.status(), 200, "{}", node.log());
 }
 

@@ -44,6 +44,40 @@ fn check_reports_every_error_of_every_file() {
     }
 }
 
+/// Each key is read on its own: two type errors in one section are two errors, and the keys that
+/// read well are still checked (`limits.maxBodyBytes` beside the unknown `limits.colour`).
+#[test]
+fn check_reports_every_type_error_of_a_section() {
+    let files = NodeFiles::new(
+        "models:\n  m: {url: 5, auth: {bearer_token: [1]}}\n",
+        "proxy:\n  readTimeout: 5min\n  connectTimeout: 10\n  idleConnTimeout: -1s\n\
+         nonceCache: {ttl: 1.5h, cleanupInterval: 1h30m0.5s, maxEntries: many}\n\
+         limits: {maxBodyBytes: 0, colour: red}\n",
+    );
+    std::fs::write(files.path("fxn.yaml"), "threads: many\ndaemon: maybe\n").unwrap();
+    let (code, _, stderr) = check(&files);
+    assert_eq!(code, 1);
+    let go_form = r#"expected a Go duration such as "90s", "5m" or "1h30m""#;
+    for expected in [
+        format!(
+            "config.yaml: `proxy.readTimeout`: `5min` is not a duration: unknown unit `min` \
+             (the units are ns, us, µs, ms, s, m and h); {go_form}"
+        ),
+        format!("config.yaml: `proxy.connectTimeout`: invalid type: integer `10`, {go_form}"),
+        format!("config.yaml: `proxy.idleConnTimeout`: `-1s` is negative: a timeout or interval cannot be negative; {go_form}"),
+        "config.yaml: `nonceCache.maxEntries`: invalid type".into(),
+        "config.yaml: `limits.colour`: unknown field".into(),
+        "config.yaml: `limits.maxBodyBytes`: must be at least 1 byte".into(),
+        "model_backend.yaml: `models.m.url`: invalid type".into(),
+        "model_backend.yaml: `models.m.auth.bearer_token`: invalid type".into(),
+        "fxn.yaml: `threads`: invalid server conf: invalid type".into(),
+        "fxn.yaml: `daemon`: invalid server conf: invalid type".into(),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("has 10 problem(s)"), "Go's 1.5h and 1h30m0.5s are durations:\n{stderr}");
+}
+
 #[test]
 fn missing_files_are_named() {
     let files = NodeFiles::new(GOOD_MODELS, "");

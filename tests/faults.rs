@@ -2,30 +2,16 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use support::*;
-
-async fn chat(node: &Node, fault: &str, size: usize, stream: bool) -> reqwest::Response {
-    gateway_post(node, "/v1/chat/completions", chat_body(size, stream))
-        .header("x-test-fault", fault)
-        .send()
-        .await
-        .expect("request to fxn")
-}
-
-async fn error_code(response: reqwest::Response) -> (u16, String) {
-    let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.expect("JSON error");
-    (status, body["error"]["code"].as_str().unwrap_or_default().to_string())
-}
-
-const SIZES: [usize; 2] = [512, 64 * 1024 + 1];
 
 #[tokio::test]
 async fn backend_error_status_and_body_pass_through_unchanged() {
     let backend = TestBackend::start();
     let node = Node::start_for(&backend.url(), "");
-    for size in SIZES {
-        let response = chat(&node, "status-500", size, false).await;
+    for size in BOTH_PATHS {
+        let response = chat_with_fault(&node, "status-500", size, false).await;
         assert_eq!(response.status(), 500);
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["message"], "injected backend failure", "size {size}");
@@ -35,15 +21,18 @@ async fn backend_error_status_and_body_pass_through_unchanged() {
 #[tokio::test]
 async fn refused_connection_is_a_502() {
     let node = Node::start_for(&format!("http://127.0.0.1:{}", free_port()), "");
-    for size in SIZES {
-        assert_eq!(error_code(chat(&node, "", size, false).await).await, (502, "backend_unavailable".into()));
+    for size in BOTH_PATHS {
+        assert_eq!(
+            error_code(chat_with_fault(&node, "", size, false).await).await,
+            (502, "backend_unavailable".into())
+        );
     }
 }
 
 #[tokio::test]
 async fn unresolvable_backend_is_a_502_not_a_crash() {
     let node = Node::start_for("http://backend.invalid:8000", "");
-    assert_eq!(error_code(chat(&node, "", 512, false).await).await, (502, "backend_unavailable".into()));
+    assert_eq!(error_code(chat_with_fault(&node, "", 512, false).await).await, (502, "backend_unavailable".into()));
     assert_eq!(reqwest::get(node.url("/health")).await.unwrap().status(), 200);
 }
 
@@ -51,8 +40,11 @@ async fn unresolvable_backend_is_a_502_not_a_crash() {
 async fn hanging_backend_is_a_504_after_the_read_timeout() {
     let backend = TestBackend::start();
     let node = Node::start_for(&backend.url(), "proxy:\n  readTimeout: 1s\n");
-    for size in SIZES {
-        assert_eq!(error_code(chat(&node, "hang", size, false).await).await, (504, "backend_timeout".into()));
+    for size in BOTH_PATHS {
+        let answered = tokio::time::timeout(Duration::from_secs(10), chat_with_fault(&node, "hang", size, false))
+            .await
+            .unwrap_or_else(|_| panic!("size {size}: no answer 10 s after a 1 s read timeout"));
+        assert_eq!(error_code(answered).await, (504, "backend_timeout".into()));
     }
 }
 
@@ -60,8 +52,15 @@ async fn hanging_backend_is_a_504_after_the_read_timeout() {
 async fn reset_connection_is_a_502() {
     let backend = TestBackend::start();
     let node = Node::start_for(&backend.url(), "");
-    for size in SIZES {
-        assert_eq!(error_code(chat(&node, "reset", size, false).await).await, (502, "backend_unavailable".into()));
+    for size in BOTH_PATHS {
+        let requests_before = backend.requests().await;
+        assert_eq!(
+            error_code(chat_with_fault(&node, "reset", size, false).await).await,
+            (502, "backend_unavailable".into())
+        );
+        // Reset on a fresh connection, the request may have run: it is not sent again.
+        let requests_after = backend.requests().await;
+        assert_eq!(requests_after - requests_before, 1, "size {size}: retried after a reset on a fresh connection");
     }
 }
 
@@ -69,19 +68,19 @@ async fn reset_connection_is_a_502() {
 async fn pooled_connection_the_backend_dropped_is_retried_on_a_fresh_one_with_the_whole_body() {
     let backend = TestBackend::start();
     let node = Node::start_for(&backend.url(), "");
-    for size in SIZES {
-        let warm = chat(&node, "", size, false).await;
+    for size in BOTH_PATHS {
+        let warm = chat_with_fault(&node, "", size, false).await;
         assert_eq!(warm.status(), 200, "size {size}");
         let pooled = header(&warm, "x-backend-connection").to_string();
-        let requests_before = backend.stats().await["requests"].as_u64().unwrap();
+        let requests_before = backend.requests().await;
 
-        let response = chat(&node, "reset-if-reused", size, false).await;
+        let response = chat_with_fault(&node, "reset-if-reused", size, false).await;
         assert_eq!(response.status(), 200, "size {size}: {}", node.log());
         assert_ne!(header(&response, "x-backend-connection"), pooled, "size {size}: retried on the pooled connection");
         let sent = chat_body(size, false);
         assert_eq!(header(&response, "x-backend-body-sha256"), sha256_hex(&sent), "size {size}");
         // One attempt on the pooled connection, which the backend reset, and one on a fresh one.
-        let requests_after = backend.stats().await["requests"].as_u64().unwrap();
+        let requests_after = backend.requests().await;
         assert_eq!(requests_after - requests_before, 2, "size {size}");
     }
 }
@@ -90,22 +89,76 @@ async fn pooled_connection_the_backend_dropped_is_retried_on_a_fresh_one_with_th
 async fn stream_cut_by_the_backend_ends_the_callers_stream_and_the_node_carries_on() {
     let backend = TestBackend::start();
     let node = Node::start_for(&backend.url(), "");
-    for size in SIZES {
-        let mut response = chat(&node, "close", size, true).await;
+    for size in BOTH_PATHS {
+        let response = chat_with_fault(&node, "close", size, true).await;
         assert_eq!(response.status(), 200);
-        let mut received = Vec::new();
-        let outcome = loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => received.extend_from_slice(&chunk),
-                Ok(None) => break "clean end",
-                Err(_) => break "error",
-            }
-        };
+        let (received, outcome) = read_to_end(response).await;
         let text = String::from_utf8_lossy(&received);
         assert!(text.contains("tok0"), "the first event arrives: {text}");
         assert!(!text.contains("[DONE]"), "a cut stream must not look complete");
         assert_eq!(outcome, "error", "the caller must see the stream was cut");
     }
-    let ok = chat(&node, "", 512, false).await;
+    let ok = chat_with_fault(&node, "", 512, false).await;
     assert_eq!(ok.status(), 200);
+}
+
+/// Reads `response` to its end: what arrived, and whether it ended cleanly.
+async fn read_to_end(mut response: reqwest::Response) -> (Vec<u8>, &'static str) {
+    let mut received = Vec::new();
+    let outcome = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+            Ok(None) => break "clean end",
+            Err(_) => break "error",
+        }
+    };
+    (received, outcome)
+}
+
+#[tokio::test]
+async fn backend_stalling_after_the_first_token_is_cut_off_at_the_read_timeout() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&backend.url(), "proxy:\n  readTimeout: 1s\n");
+    for size in BOTH_PATHS {
+        for stream in [true, false] {
+            let started = Instant::now();
+            let response = chat_with_fault(&node, "stall-after-first", size, stream).await;
+            assert_eq!(response.status(), 200, "size {size}, stream {stream}");
+            let (received, outcome) = tokio::time::timeout(Duration::from_secs(10), read_to_end(response))
+                .await
+                .unwrap_or_else(|_| panic!("size {size}, stream {stream}: still open 10 s after a 1 s read timeout"));
+            let waited = started.elapsed();
+            assert!(!received.is_empty(), "size {size}, stream {stream}: the first piece arrives");
+            assert_eq!(outcome, "error", "size {size}, stream {stream}: a stalled response must not look complete");
+            assert!(waited >= Duration::from_secs(1), "size {size}, stream {stream}: cut after {waited:?}");
+        }
+    }
+    assert_eq!(chat_with_fault(&node, "", 512, false).await.status(), 200, "the node carries on");
+}
+
+#[tokio::test]
+async fn backend_that_never_accepts_is_a_502_after_the_connect_timeout() {
+    use socket2::{Domain, Socket, Type};
+    // A listener whose accept queue is full: the kernel drops further handshakes, so connecting
+    // to it hangs as it would to a backend host that is down.
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        queued.push(stream);
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    let node = Node::start_for(&format!("http://{addr}"), "proxy:\n  connectTimeout: 1s\n");
+    for size in BOTH_PATHS {
+        let started = Instant::now();
+        let answered = tokio::time::timeout(Duration::from_secs(10), chat_with_fault(&node, "", size, false))
+            .await
+            .unwrap_or_else(|_| panic!("size {size}: no answer 10 s after a 1 s connect timeout"));
+        assert_eq!(error_code(answered).await, (502, "backend_unavailable".into()), "size {size}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "size {size}: answered before the timeout");
+    }
+    let lines = node.request_log_lines("/v1/chat/completions", 2);
+    assert!(lines.iter().all(|line| line.contains("error=ConnectTimedout")), "{lines:?}");
 }

@@ -63,7 +63,7 @@ if ! python3 -c 'import litellm.proxy' 2>/dev/null; then
     python3 -m pip install -q 'litellm[proxy]' >&2 || log "LiteLLM could not be installed; its rows stay empty"
 fi
 log "building release binaries"
-(cd "$ROOT" && cargo build --locked --release --bins -q && cargo build --locked --release -p fxn-bench -q)
+(cd "$ROOT" && cargo build --locked --release -q -p fxn-node -p fxn-test-backend -p fxn-bench --bins)
 
 # The verification micro-benchmark of the backend in use sets the node's CPU budget (the issue's
 # "bare Pingora + 1.25 × verify"); it runs here so the budget comes from the same machine and hour.

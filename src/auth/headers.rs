@@ -26,25 +26,51 @@ pub struct SignedHeaders<'a> {
 /// for other clients while bounding what the nonce store holds per entry.
 const MAX_NONCE_LEN: usize = 128;
 
-// Prebuilt names: looking a header up by `&str` would parse the name on every request.
-const X_ADDRESS: HeaderName = HeaderName::from_static("x-address");
-const X_PUBLIC_KEY: HeaderName = HeaderName::from_static("x-public-key");
-const X_TIMESTAMP: HeaderName = HeaderName::from_static("x-timestamp");
-const X_NONCE: HeaderName = HeaderName::from_static("x-nonce");
-const X_SIGNATURE: HeaderName = HeaderName::from_static("x-signature");
+/// One of the headers a request is signed with: its name, prebuilt (looking a header up by
+/// `&str` would parse the name on every request), and its spelling in messages and output.
+#[derive(Debug)]
+pub struct SigningHeader {
+    pub name: HeaderName,
+    pub display: &'static str,
+}
 
-fn text<'a>(headers: &'a HeaderMap, name: &HeaderName, display: &'static str) -> Result<Option<&'a str>, AuthError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .map(|v| Some(v.trim()))
-            .map_err(|_| AuthError::BadEncoding { header: display, reason: "must be ASCII text".into() }),
+pub const X_ADDRESS: SigningHeader = SigningHeader { name: HeaderName::from_static("x-address"), display: "X-Address" };
+pub const X_PUBLIC_KEY: SigningHeader =
+    SigningHeader { name: HeaderName::from_static("x-public-key"), display: "X-Public-Key" };
+pub const X_TIMESTAMP: SigningHeader =
+    SigningHeader { name: HeaderName::from_static("x-timestamp"), display: "X-Timestamp" };
+pub const X_NONCE: SigningHeader = SigningHeader { name: HeaderName::from_static("x-nonce"), display: "X-Nonce" };
+pub const X_SIGNATURE: SigningHeader =
+    SigningHeader { name: HeaderName::from_static("x-signature"), display: "X-Signature" };
+
+/// Every signing header: the network's scheme, never forwarded to a backend.
+pub static SIGNING_HEADERS: [SigningHeader; 5] = [X_ADDRESS, X_PUBLIC_KEY, X_TIMESTAMP, X_NONCE, X_SIGNATURE];
+
+impl SigningHeader {
+    /// The signing header called `name`, if it is one.
+    pub fn named(name: &HeaderName) -> Option<&'static SigningHeader> {
+        SIGNING_HEADERS.iter().find(|header| header.name == *name)
     }
 }
 
-fn required<'a>(headers: &'a HeaderMap, name: &HeaderName, display: &'static str) -> Result<&'a str, AuthError> {
-    text(headers, name, display)?.filter(|v| !v.is_empty()).ok_or(AuthError::MissingHeader(display))
+/// A signing header's value. One sent twice is refused: which copy was signed is ambiguous, and
+/// a proxy in between may have added the second.
+fn text<'a>(headers: &'a HeaderMap, header: &SigningHeader) -> Result<Option<&'a str>, AuthError> {
+    let mut values = headers.get_all(&header.name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::BadEncoding { header: header.display, reason: "sent more than once".into() });
+    }
+    value
+        .to_str()
+        .map(|v| Some(v.trim()))
+        .map_err(|_| AuthError::BadEncoding { header: header.display, reason: "must be ASCII text".into() })
+}
+
+fn required<'a>(headers: &'a HeaderMap, header: &SigningHeader) -> Result<&'a str, AuthError> {
+    text(headers, header)?.filter(|v| !v.is_empty()).ok_or(AuthError::MissingHeader(header.display))
 }
 
 fn hex_digits(value: &str) -> &str {
@@ -71,23 +97,23 @@ fn hex_array<const N: usize>(header: &'static str, value: &str) -> Result<[u8; N
 
 impl<'a> SignedHeaders<'a> {
     pub fn parse(headers: &'a HeaderMap) -> Result<Self, AuthError> {
-        let address = text(headers, &X_ADDRESS, "X-Address")?.filter(|v| !v.is_empty());
-        let public_key = text(headers, &X_PUBLIC_KEY, "X-Public-Key")?.filter(|v| !v.is_empty());
+        let address = text(headers, &X_ADDRESS)?.filter(|v| !v.is_empty());
+        let public_key = text(headers, &X_PUBLIC_KEY)?.filter(|v| !v.is_empty());
         if address.is_none() && public_key.is_none() {
-            return Err(AuthError::MissingHeader("X-Address"));
+            return Err(AuthError::MissingHeader(X_ADDRESS.display));
         }
-        let timestamp_text = required(headers, &X_TIMESTAMP, "X-Timestamp")?;
-        let nonce = required(headers, &X_NONCE, "X-Nonce")?;
-        let signature_text = required(headers, &X_SIGNATURE, "X-Signature")?;
+        let timestamp_text = required(headers, &X_TIMESTAMP)?;
+        let nonce = required(headers, &X_NONCE)?;
+        let signature_text = required(headers, &X_SIGNATURE)?;
 
-        let address = address.map(|value| hex_array::<20>("X-Address", value).map(Address::from)).transpose()?;
+        let address = address.map(|value| hex_array::<20>(X_ADDRESS.display, value).map(Address::from)).transpose()?;
         let public_key = public_key
             .map(|value| {
-                let bytes = hex_bytes("X-Public-Key", value)?;
+                let bytes = hex_bytes(X_PUBLIC_KEY.display, value)?;
                 match (bytes.len(), bytes.first()) {
                     (65, Some(0x04)) | (33, Some(0x02 | 0x03)) => Ok(bytes),
                     _ => Err(AuthError::BadEncoding {
-                        header: "X-Public-Key",
+                        header: X_PUBLIC_KEY.display,
                         reason: "must be a 65-byte uncompressed (04…) or 33-byte compressed (02…/03…) key".into(),
                     }),
                 }
@@ -98,16 +124,16 @@ impl<'a> SignedHeaders<'a> {
             .ok()
             .filter(|_| timestamp_text.bytes().all(|b| b.is_ascii_digit()))
             .ok_or_else(|| AuthError::BadEncoding {
-                header: "X-Timestamp",
+                header: X_TIMESTAMP.display,
                 reason: "must be Unix time in whole seconds".into(),
             })?;
         if nonce.len() > MAX_NONCE_LEN {
             return Err(AuthError::BadEncoding {
-                header: "X-Nonce",
+                header: X_NONCE.display,
                 reason: format!("longer than {MAX_NONCE_LEN} characters"),
             });
         }
-        let signature = hex_array::<65>("X-Signature", signature_text)?;
+        let signature = hex_array::<65>(X_SIGNATURE.display, signature_text)?;
         Ok(Self { address, public_key, timestamp_text, timestamp, nonce, signature })
     }
 }

@@ -17,10 +17,10 @@ use http::HeaderMap;
 #[cfg(feature = "libsecp256k1")]
 pub use curve::LibSecp256k1;
 pub use curve::{CurveVerifier, DefaultCurve, K256};
-use headers::signed_message;
-pub use headers::SignedHeaders;
+use headers::{signed_message, X_ADDRESS, X_PUBLIC_KEY, X_SIGNATURE};
+pub use headers::{SignedHeaders, SigningHeader, SIGNING_HEADERS};
 pub use nonce::{NonceOutcome, NonceStore};
-pub use signing::sign_request;
+pub use signing::{sign_request, SigningError};
 
 /// What a signer is registered as; each route needs one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,31 +70,6 @@ pub enum AuthError {
     NonceReused,
     #[error("the node is holding as many recent nonces as it may (nonceCache.maxEntries); retry shortly")]
     NonceStoreFull,
-}
-
-impl AuthError {
-    /// The HTTP status, as the network's existing nodes answer.
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::BadEncoding { .. } => 400,
-            Self::NonceStoreFull => 503,
-            _ => 401,
-        }
-    }
-
-    /// A stable code per reason, for clients to act on.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::MissingHeader(_) => "missing_header",
-            Self::BadEncoding { .. } => "bad_signature_encoding",
-            Self::StaleTimestamp { .. } => "stale_timestamp",
-            Self::SignerMismatch | Self::InvalidSignature => "invalid_signature",
-            Self::NotRegistered => "not_registered",
-            Self::WrongRole(_) => "wrong_role",
-            Self::NonceReused => "nonce_reused",
-            Self::NonceStoreFull => "nonce_store_full",
-        }
-    }
 }
 
 /// Bound on public keys remembered per address; only registered signers get in, so it is
@@ -149,9 +124,10 @@ impl<V: CurveVerifier> Authenticator<V> {
             .public_key
             .as_deref()
             .map(|sec1| {
-                self.curve
-                    .parse_public_key(sec1)
-                    .ok_or(AuthError::BadEncoding { header: "X-Public-Key", reason: "not a point on secp256k1".into() })
+                self.curve.parse_public_key(sec1).ok_or(AuthError::BadEncoding {
+                    header: X_PUBLIC_KEY.display,
+                    reason: "not a point on secp256k1".into(),
+                })
             })
             .transpose()?;
         let address = match (signed.address, &header_key) {
@@ -160,7 +136,7 @@ impl<V: CurveVerifier> Authenticator<V> {
             }
             (Some(claimed), _) => claimed,
             (None, Some(key)) => self.curve.address_of(key),
-            (None, None) => return Err(AuthError::MissingHeader("X-Address")),
+            (None, None) => return Err(AuthError::MissingHeader(X_ADDRESS.display)),
         };
         self.authorize(&address, role)?;
 
@@ -171,7 +147,7 @@ impl<V: CurveVerifier> Authenticator<V> {
             0 | 1 => v[0],
             other => {
                 return Err(AuthError::BadEncoding {
-                    header: "X-Signature",
+                    header: X_SIGNATURE.display,
                     reason: format!("recovery byte v is {other}; it must be 27, 28, 0 or 1"),
                 })
             }

@@ -3,6 +3,7 @@ use std::collections::HashSet;
 use k256::ecdsa::{Signature, SigningKey};
 
 use super::*;
+use crate::proxy::ApiError;
 
 /// The network's public gateway test address and PROTOCOL §1's vector, signed by eth-account.
 const VECTOR_ADDRESS: &str = "0x0172b2911af6A2491ff76dDEc34aCb7AE2c03BA1";
@@ -64,9 +65,14 @@ fn headers(pairs: &[(&str, String)]) -> HeaderMap {
     pairs.iter().map(|(name, value)| (name.parse().unwrap(), value.parse().unwrap())).collect()
 }
 
+/// The status and code the caller gets for `error`.
+fn answer(error: &AuthError) -> (u16, &'static str) {
+    let api_error = ApiError::from(error.clone());
+    (api_error.status, api_error.code.as_str())
+}
+
 fn signed(key: &SigningKey, body: &[u8], timestamp: i64, nonce: &str, with_public_key: bool) -> HeaderMap {
-    let pairs = sign_request(key, body, timestamp, nonce, with_public_key).unwrap();
-    headers(&pairs)
+    sign_request(key, body, timestamp, nonce, with_public_key).unwrap()
 }
 
 impl Fixture {
@@ -147,7 +153,7 @@ fn each_missing_header_is_named() {
         request.remove(name);
         let error = f.check(&request, b"{}", Role::Gateway).unwrap_err();
         assert_eq!(error, AuthError::MissingHeader(shown));
-        assert_eq!((error.status(), error.code()), (401, "missing_header"));
+        assert_eq!(answer(&error), (401, "missing_header"));
     }
 }
 
@@ -179,7 +185,7 @@ fn malformed_encodings_are_400() {
             matches!(&error, AuthError::BadEncoding { header: h, reason } if *h == header && reason.contains(reason_says)),
             "{name}={value}: {error:?}"
         );
-        assert_eq!((error.status(), error.code()), (400, "bad_signature_encoding"));
+        assert_eq!(answer(&error), (400, "bad_signature_encoding"));
     }
 }
 
@@ -202,7 +208,7 @@ fn each_recovery_byte_form_is_handled() {
         assert!(f.check(&with_v(&request, v - 27), b"{}", Role::Gateway).is_ok());
         for bad in [2u8, 26, 29, 255] {
             let error = f.check(&with_v(&request, bad), b"{}", Role::Gateway).unwrap_err();
-            assert_eq!(error.code(), "bad_signature_encoding", "v={bad}");
+            assert_eq!(answer(&error).1, "bad_signature_encoding", "v={bad}");
         }
     }
     // Without a cached key, the wrong parity of a valid v recovers another key: not the signer.
@@ -262,7 +268,7 @@ fn replayed_nonce_is_rejected() {
     let request = signed(&f.gateway, b"{}", f.now, "once", false);
     assert!(f.check(&request, b"{}", Role::Gateway).is_ok());
     let error = f.check(&request, b"{}", Role::Gateway).unwrap_err();
-    assert_eq!((error.status(), error.code(), error.to_string().as_str()), (401, "nonce_reused", "nonce already used"));
+    assert_eq!((answer(&error), error.to_string().as_str()), ((401, "nonce_reused"), "nonce already used"));
     // The same nonce from another signer is its own.
     let other = signed(&f.scheduler, b"{}", f.now, "once", false);
     assert!(f.check(&other, b"{}", Role::Scheduler).is_ok());
@@ -276,7 +282,7 @@ fn stale_and_future_timestamps_are_rejected() {
         let result = f.check(&request, b"{}", Role::Gateway);
         assert_eq!(result.is_ok(), accepted, "offset {offset}: {result:?}");
         if !accepted {
-            assert_eq!(result.unwrap_err().code(), "stale_timestamp");
+            assert_eq!(answer(&result.unwrap_err()).1, "stale_timestamp");
         }
     }
 }
@@ -288,7 +294,7 @@ fn full_nonce_store_refuses_with_503() {
         assert!(f.check(&signed(&f.gateway, b"{}", f.now, nonce, false), b"{}", Role::Gateway).is_ok());
     }
     let error = f.check(&signed(&f.gateway, b"{}", f.now, "c", false), b"{}", Role::Gateway).unwrap_err();
-    assert_eq!((error.status(), error.code()), (503, "nonce_store_full"));
+    assert_eq!(answer(&error), (503, "nonce_store_full"));
     // And a replay is still a replay, not admitted for lack of room.
     let error = f.check(&signed(&f.gateway, b"{}", f.now, "a", false), b"{}", Role::Gateway).unwrap_err();
     assert_eq!(error, AuthError::NonceReused);
@@ -298,12 +304,37 @@ fn full_nonce_store_refuses_with_503() {
 fn roles_are_enforced() {
     let f = fixture();
     let error = f.check(&signed(&f.stranger, b"{}", f.now, "r1", false), b"{}", Role::Gateway).unwrap_err();
-    assert_eq!((error.status(), error.code()), (401, "not_registered"));
+    assert_eq!(answer(&error), (401, "not_registered"));
     let error = f.check(&signed(&f.gateway, b"{}", f.now, "r2", false), b"{}", Role::Scheduler).unwrap_err();
-    assert_eq!((error.status(), error.code()), (401, "wrong_role"));
+    assert_eq!(answer(&error), (401, "wrong_role"));
     let error = f.check(&signed(&f.scheduler, b"{}", f.now, "r3", true), b"{}", Role::Gateway).unwrap_err();
-    assert_eq!((error.status(), error.code()), (401, "wrong_role"));
+    assert_eq!(answer(&error), (401, "wrong_role"));
     assert!(f.check(&signed(&f.scheduler, b"{}", f.now, "r4", false), b"{}", Role::Scheduler).is_ok());
     // Refusals before the signature check record nothing.
     assert_eq!(f.auth.nonce_store().len(), 1);
+}
+
+#[test]
+fn a_signing_header_sent_twice_is_refused() {
+    let f = fixture();
+    for name in ["x-address", "x-timestamp", "x-nonce", "x-signature"] {
+        let mut request = signed(&f.gateway, b"{}", f.now, &format!("twice-{name}"), false);
+        let copy = request[name].clone();
+        request.append(http::HeaderName::from_static(name), copy);
+        let error = f.check(&request, b"{}", Role::Gateway).unwrap_err();
+        assert_eq!(answer(&error), (400, "bad_signature_encoding"), "{name}");
+        assert!(error.to_string().contains("sent more than once"), "{name}: {error}");
+    }
+}
+
+#[test]
+fn nonce_of_a_future_dated_request_is_kept_until_its_timestamp_leaves_the_window() {
+    let f = fixture();
+    // Valid for 290 s ahead plus the 300 s window after it: longer than the 300 s nonce TTL.
+    let request = signed(&f.gateway, b"{}", f.now + 290, "future", false);
+    assert!(f.check(&request, b"{}", Role::Gateway).is_ok());
+    let store = f.auth.nonce_store();
+    assert_eq!(store.purge_expired(Instant::now() + Duration::from_secs(580)), 0);
+    assert_eq!(f.check(&request, b"{}", Role::Gateway).unwrap_err(), AuthError::NonceReused);
+    assert_eq!(store.purge_expired(Instant::now() + Duration::from_secs(600)), 1);
 }

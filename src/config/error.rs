@@ -42,6 +42,19 @@ impl ConfigErrors {
         self.0.is_empty()
     }
 
+    /// Whether an error was recorded at `key` or inside it: `proxy` is touched by an error at
+    /// `proxy.readTimeout`, `proxy.read` is not.
+    pub fn touches(&self, key: &str) -> bool {
+        self.0
+            .iter()
+            .any(|error| error.key.strip_prefix(key).is_some_and(|rest| rest.is_empty() || rest.starts_with('.')))
+    }
+
+    /// The key path of each error, in order.
+    pub fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|error| error.key.as_str()).collect()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
         self.0.iter()
     }

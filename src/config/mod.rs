@@ -3,6 +3,7 @@
 //! into typed settings; every problem found is reported with its file and key path.
 
 mod error;
+mod go_duration;
 mod model_backend;
 mod node;
 mod server_conf;
@@ -16,7 +17,7 @@ pub use node::{
     AuthSettings, Limits, LogSettings, NodeConfig, NonceCacheSettings, ProxySettings, RegistrySettings, StaticSigners,
 };
 pub use server_conf::load_server_conf;
-pub use yaml::{parse_address, parse_duration, parse_http_url};
+pub use yaml::{format_duration, parse_address, parse_duration, parse_http_url};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config.yaml";
 pub const DEFAULT_MODEL_BACKEND_PATH: &str = "model_backend.yaml";

@@ -35,10 +35,11 @@ pub enum BackendAuth {
     ApiKey(String),
 }
 
+/// Every field optional, so that each key of an entry can be checked alone (see `yaml::typed`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BackendEntry {
-    url: String,
+    url: Option<String>,
     auth: Option<AuthEntry>,
 }
 
@@ -93,13 +94,15 @@ impl ModelBackends {
                 continue;
             }
             let was_null = entry.is_null();
+            let before = errors.0.len();
             let Some(entry) = typed::<Option<BackendEntry>>(path, &key, entry, &mut errors) else {
                 if was_null {
                     errors.push(ConfigError::new(path, &key, "needs a `url`"));
                 }
                 continue;
             };
-            let Some(backend) = validate_entry(path, &key, entry, &mut errors) else {
+            let type_errors = ConfigErrors(errors.0[before..].to_vec());
+            let Some(backend) = validate_entry(path, &key, entry, &type_errors, &mut errors) else {
                 continue;
             };
             if name == DEFAULT_ENTRY {
@@ -124,22 +127,39 @@ impl ModelBackends {
     }
 }
 
-fn validate_entry(path: &Path, key: &str, entry: BackendEntry, errors: &mut ConfigErrors) -> Option<Backend> {
+/// Checks the values of an entry; a key in `type_errors` was left out, and is not missing.
+fn validate_entry(
+    path: &Path,
+    key: &str,
+    entry: BackendEntry,
+    type_errors: &ConfigErrors,
+    errors: &mut ConfigErrors,
+) -> Option<Backend> {
     let before = errors.0.len();
-    let url = yaml::parse_http_url(&entry.url)
-        .map_err(|message| errors.push(ConfigError::new(path, format!("{key}.url"), message)))
-        .ok();
+    let url = match &entry.url {
+        None => {
+            if !type_errors.touches(&format!("{key}.url")) {
+                errors.push(ConfigError::new(path, key, "needs a `url`"));
+            }
+            None
+        }
+        Some(url) => yaml::parse_http_url(url)
+            .map_err(|message| errors.push(ConfigError::new(path, format!("{key}.url"), message)))
+            .ok(),
+    };
     let auth = entry.auth.and_then(|auth| {
         // api_key wins over bearer_token when both are set, as in the network's existing nodes.
         let (field, credential) = match (auth.api_key, auth.bearer_token) {
             (Some(api_key), _) => ("api_key", BackendAuth::ApiKey(api_key)),
             (None, Some(token)) => ("bearer_token", BackendAuth::Bearer(token)),
             (None, None) => {
-                errors.push(ConfigError::new(
-                    path,
-                    format!("{key}.auth"),
-                    "set `bearer_token` or `api_key`, or remove `auth`",
-                ));
+                if !type_errors.touches(&format!("{key}.auth")) {
+                    errors.push(ConfigError::new(
+                        path,
+                        format!("{key}.auth"),
+                        "set `bearer_token` or `api_key`, or remove `auth`",
+                    ));
+                }
                 return None;
             }
         };
@@ -156,7 +176,7 @@ fn validate_entry(path: &Path, key: &str, entry: BackendEntry, errors: &mut Conf
         }
         Some(credential)
     });
-    if errors.0.len() != before {
+    if errors.0.len() != before || !type_errors.is_empty() {
         return None;
     }
     Some(Backend { url: url?, auth })
@@ -204,13 +224,33 @@ models:
   c: {url: "http://x", weight: 3}
   d:
   e: {url: "http://x", auth: {bearer_token: "line\nbreak"}}
+  f: {url: 5, auth: {bearer_token: [1]}, colour: red}
+  g: {auth: {api_key: "k"}}
+  h: {url: "ftp://x", auth: {api_key: 5}}
 "#,
         )
         .unwrap_err();
-        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
-        for expected in ["models.a.url", "models.b.auth", "models.c.weight", "models.d", "models.e.auth.bearer_token"] {
+        let keys = errors.keys();
+        for expected in [
+            "models.a.url",
+            "models.b.auth",
+            "models.c.weight",
+            "models.d",
+            "models.e.auth.bearer_token",
+            "models.f.url",
+            "models.f.auth.bearer_token",
+            "models.f.colour",
+            "models.g",
+            "models.h.url",
+            "models.h.auth.api_key",
+        ] {
             assert!(keys.contains(&expected), "no error for {expected}: {errors}");
         }
+        // A key with a type error is not also missing.
+        assert!(
+            !keys.contains(&"models.f") && !keys.contains(&"models.f.auth") && !keys.contains(&"models.h.auth"),
+            "{errors}"
+        );
         assert!(errors.to_string().contains("weight"));
     }
 

@@ -1,4 +1,4 @@
-//! `config.yaml`: the node's own settings (seed-era keys in camelCase, Go-style durations).
+//! `config.yaml`: the node's own settings (seed-era keys in camelCase, Go durations).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -68,13 +68,15 @@ impl NodeConfig {
         if nonce_cache.max_entries == 0 {
             errors.push(ConfigError::new(path, "nonceCache.maxEntries", "must be at least 1"));
         }
-        if nonce_cache.ttl < auth.max_clock_skew {
+        // A key with a type error has its default, which is not what the operator wrote.
+        let compare_ttl = !errors.touches("nonceCache.ttl") && !errors.touches("auth.maxClockSkew");
+        if compare_ttl && nonce_cache.ttl < auth.max_clock_skew {
             errors.push(ConfigError::new(
                 path,
                 "nonceCache.ttl",
                 format!(
                     "must be at least auth.maxClockSkew ({}): a nonce forgotten sooner could be replayed",
-                    humantime::format_duration(auth.max_clock_skew)
+                    yaml::format_duration(auth.max_clock_skew)
                 ),
             ));
         }
@@ -316,7 +318,7 @@ schedulerAddress: "0x12"
 "#,
         )
         .unwrap_err();
-        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        let keys = errors.keys();
         for expected in [
             "colour",
             "node.listenPort",
@@ -331,6 +333,18 @@ schedulerAddress: "0x12"
     }
 
     #[test]
+    fn every_type_error_of_one_section_is_reported() {
+        let errors =
+            parse("proxy: {readTimeout: 5min, connectTimeout: 10, idleConnTimeout: 1.5h, colour: red}").unwrap_err();
+        let keys = errors.keys();
+        assert_eq!(keys, ["proxy.readTimeout", "proxy.connectTimeout", "proxy.colour"], "{errors}");
+        // Within a list, one error names every bad entry.
+        let errors = parse(r#"registry: {static: {gateways: ["0x12", "0x34"]}}"#).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert!(errors.0[0].message.contains("`0x12`") && errors.0[0].message.contains("`0x34`"), "{errors}");
+    }
+
+    #[test]
     fn unknown_nested_key_is_named() {
         let errors = parse("proxy: {readTimeOut: 5s}").unwrap_err();
         let message = errors.to_string();
@@ -342,6 +356,20 @@ schedulerAddress: "0x12"
     fn nonce_ttl_shorter_than_clock_window_is_refused() {
         let errors = parse("nonceCache: {ttl: 1m}\nauth: {maxClockSkew: 5m}").unwrap_err();
         assert_eq!(errors.0[0].key, "nonceCache.ttl");
+        assert!(errors.0[0].message.contains("(5m0s)"), "{errors}");
+        // A key that failed is not compared: its default is not what the operator wrote.
+        let errors = parse("nonceCache: {ttl: 10s, maxEntries: many}\nauth: {maxClockSkew: 6}").unwrap_err();
+        let keys = errors.keys();
+        assert_eq!(keys, ["nonceCache.maxEntries", "auth.maxClockSkew"], "{errors}");
+        // The good keys of a section with a type error are still checked.
+        let errors =
+            parse("nonceCache: {ttl: 1m, maxEntries: many}\nnode: {listenPort: 0, listenAddress: x}").unwrap_err();
+        let keys = errors.keys();
+        assert_eq!(
+            keys,
+            ["node.listenAddress", "nonceCache.maxEntries", "node.listenPort", "nonceCache.ttl"],
+            "{errors}"
+        );
     }
 
     #[test]

@@ -31,18 +31,26 @@ pub fn parse_server_conf(path: &Path, text: &str) -> Result<ServerConf, ConfigEr
             ));
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
     // Pingora requires `version`; a conf without it is still ours to accept.
     let mut document = document;
     document.entry("version".into()).or_insert(serde_yaml::Value::Number(1.into()));
-    let normalized = serde_yaml::to_string(&document).unwrap_or_default();
-    let mut conf = ServerConf::from_yaml(&normalized).map_err(|e| {
-        // The cause is the YAML error, which names the key; the context repeats the whole file.
-        let reason = e.cause.as_ref().map_or_else(|| e.to_string(), |cause| cause.to_string());
-        ConfigErrors::from(ConfigError::new(path, "", format!("invalid server conf: {reason}")))
-    })?;
+    let parse =
+        |document: &serde_yaml::Mapping| ServerConf::from_yaml(&serde_yaml::to_string(document).unwrap_or_default());
+    let mut conf = match parse(&document) {
+        Ok(conf) => conf,
+        Err(e) => {
+            // Without its bad keys the conf is read again, so that the others are still checked.
+            let bad = key_errors(path, &document, &e);
+            for error in bad.iter() {
+                document.remove(error.key.as_str());
+            }
+            errors.extend(bad);
+            match parse(&document) {
+                Ok(conf) => conf,
+                Err(_) => return Err(errors),
+            }
+        }
+    };
     if conf.threads == 0 {
         errors.push(ConfigError::new(path, "threads", "must be at least 1"));
     }
@@ -61,6 +69,41 @@ pub fn parse_server_conf(path: &Path, text: &str) -> Result<ServerConf, ConfigEr
     conf.grace_period_seconds.get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
     conf.graceful_shutdown_timeout_seconds.get_or_insert(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS);
     errors.into_result(conf)
+}
+
+/// Pingora's parse stops at the first bad key (and its validation at the first bad value):
+/// each key is tried alone with the same parse, so that every bad one is named. `error`, the
+/// whole file's, is reported when no key fails alone.
+fn key_errors(path: &Path, document: &serde_yaml::Mapping, error: &pingora::Error) -> ConfigErrors {
+    let mut errors = ConfigErrors::default();
+    for (key, value) in document {
+        let probe: serde_yaml::Mapping =
+            [("version".into(), serde_yaml::Value::Number(1.into())), (key.clone(), value.clone())]
+                .into_iter()
+                .collect();
+        let Err(probe_error) = ServerConf::from_yaml(&serde_yaml::to_string(&probe).unwrap_or_default()) else {
+            continue;
+        };
+        // The typed error without the location in the probe's text, else Pingora's reason.
+        let reason = serde_yaml::from_value::<ServerConf>(serde_yaml::Value::Mapping(probe))
+            .err()
+            .map_or_else(|| pingora_reason(&probe_error), |e| e.to_string());
+        errors.push(ConfigError::new(path, key.as_str().unwrap_or("?"), format!("invalid server conf: {reason}")));
+    }
+    if errors.is_empty() {
+        errors.push(ConfigError::new(path, "", format!("invalid server conf: {}", pingora_reason(error))));
+    }
+    errors
+}
+
+/// The cause (the YAML error, which names the key) or the explanation of a Pingora error,
+/// without the context that repeats the whole file.
+fn pingora_reason(error: &pingora::Error) -> String {
+    match (&error.cause, &error.context) {
+        (Some(cause), _) => cause.to_string(),
+        (None, Some(context)) => context.as_str().to_string(),
+        (None, None) => error.to_string(),
+    }
 }
 
 /// Pingora panics when it cannot load `ca_file` (the roots it trusts for HTTPS backends).
@@ -93,8 +136,9 @@ mod tests {
 
     #[test]
     fn misspelt_key_is_named() {
-        let errors = parse("thread: 2").unwrap_err();
-        assert_eq!(errors.0[0].key, "thread");
+        let errors = parse("thread: 2\nthreads: many").unwrap_err();
+        let keys = errors.keys();
+        assert_eq!(keys, ["thread", "threads"], "{errors}");
     }
 
     #[test]
@@ -110,7 +154,18 @@ mod tests {
 
     #[test]
     fn wrong_type_and_zero_threads_are_errors_not_panics() {
-        assert!(parse("threads: many").unwrap_err().to_string().contains("invalid server conf"));
+        let errors =
+            parse("threads: many\ndaemon: maybe\npid_file: 1234\nupstream_keepalive_pool_size: 0").unwrap_err();
+        let keys = errors.keys();
+        assert_eq!(keys, ["threads", "daemon", "upstream_keepalive_pool_size"], "a number is a fine path: {errors}");
+        assert!(errors.0[0].message.starts_with("invalid server conf: invalid type"), "{errors}");
         assert_eq!(parse("threads: 0").unwrap_err().0[0].key, "threads");
+    }
+
+    #[test]
+    fn pingora_own_checks_are_errors_not_panics() {
+        let errors = parse("max_blocking_threads: 0").unwrap_err();
+        assert_eq!(errors.0[0].key, "max_blocking_threads", "{errors}");
+        assert!(errors.to_string().contains("invalid server conf: max_blocking_threads must be"), "{errors}");
     }
 }

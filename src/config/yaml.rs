@@ -1,5 +1,5 @@
 //! Shared parsing helpers: YAML documents into sections with key paths in their errors,
-//! and the value types the files use (Go-style durations, Ethereum addresses, URLs).
+//! and the value types the files use (Go durations, Ethereum addresses, URLs).
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_yaml::Value;
 
+use super::go_duration::{self, GoDurationError};
 use super::{ConfigError, ConfigErrors};
 
 /// Parses a whole document, which must be a mapping (an empty file is an empty mapping).
@@ -22,6 +23,13 @@ pub(super) fn parse_document(path: &Path, text: &str) -> Result<serde_yaml::Mapp
 
 /// Deserializes one value into `T`, recording an error at `key` (plus the path inside the value).
 /// A missing (null) value gives `T::default()`.
+///
+/// Serde stops at a value's first error; to report every one, a value that fails is split into
+/// one probe per key (recursively, down to the innermost mapping) and each probe is
+/// deserialized alone. `T` and the structs inside it must therefore accept any subset of their
+/// keys (`#[serde(default)]` or optional fields); a failure no single key explains is reported
+/// as it is. The value is then read without its failing keys, so that the good ones can still
+/// be checked: a key that failed has its default (see [`ConfigErrors::touches`]).
 pub(super) fn typed<T: DeserializeOwned + Default>(
     path: &Path,
     key: &str,
@@ -31,34 +39,117 @@ pub(super) fn typed<T: DeserializeOwned + Default>(
     if value.is_null() {
         return T::default();
     }
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            let inner = e.path().to_string();
-            let full = match inner.as_str() {
-                "." | "" => key.to_string(),
-                _ if key.is_empty() => inner,
-                _ => format!("{key}.{inner}"),
-            };
-            errors.push(ConfigError::new(path, full, e.into_inner().to_string()));
-            T::default()
-        }
+    let first = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        Ok(parsed) => return parsed,
+        Err(first) => first,
+    };
+    let mut found = Vec::new();
+    collect_errors::<T>(value.clone(), first, &mut found);
+    let mut rest = value;
+    for error in found {
+        let keys: Vec<&str> = error
+            .path()
+            .iter()
+            .map_while(|segment| match segment {
+                serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        remove_key(&mut rest, &keys);
+        let inner = error.path().to_string();
+        let full = match inner.as_str() {
+            "." | "" => key.to_string(),
+            _ if key.is_empty() => inner,
+            _ => format!("{key}.{inner}"),
+        };
+        errors.push(ConfigError::new(path, full, error.into_inner().to_string()));
+    }
+    serde_yaml::from_value(rest).unwrap_or_default()
+}
+
+/// Removes the key at the end of `keys` (a path of mapping keys) from `value`.
+fn remove_key(value: &mut Value, keys: &[&str]) {
+    let (Some((first, rest)), Value::Mapping(map)) = (keys.split_first(), value) else {
+        return;
+    };
+    if rest.is_empty() {
+        map.remove(*first);
+    } else if let Some(inner) = map.get_mut(*first) {
+        remove_key(inner, rest);
     }
 }
 
-/// Parses a Go-style duration: `500ms`, `90s`, `5m`, `1h`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration: write one such as `90s`, `5m` or `1h`".into());
+type PathError = serde_path_to_error::Error<serde_yaml::Error>;
+
+/// The errors of `value`, which failed with `error`: those of each of its probes, or `error`
+/// itself when it cannot be split or no probe fails alone.
+fn collect_errors<T: DeserializeOwned>(value: Value, error: PathError, found: &mut Vec<PathError>) {
+    let before = found.len();
+    for probe in split(&value).unwrap_or_default() {
+        if let Err(probe_error) = serde_path_to_error::deserialize::<_, T>(probe.clone()) {
+            collect_errors::<T>(probe, probe_error, found);
+        }
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration ({e}): write one such as `90s`, `5m` or `1h`"))
+    if found.len() == before {
+        found.push(error);
+    }
+}
+
+/// One value per key of the outermost mapping that has several, each keeping only that key
+/// (and the single-key mappings around it); `None` when there is no such mapping.
+fn split(value: &Value) -> Option<Vec<Value>> {
+    let Value::Mapping(map) = value else {
+        return None;
+    };
+    let single = |key: &Value, value: Value| Value::Mapping([(key.clone(), value)].into_iter().collect());
+    match map.len() {
+        0 => None,
+        1 => {
+            let (key, inner) = map.iter().next()?;
+            Some(split(inner)?.into_iter().map(|probe| single(key, probe)).collect())
+        }
+        _ => Some(map.iter().map(|(key, value)| single(key, value.clone())).collect()),
+    }
+}
+
+/// What every bad duration is told to look like.
+const GO_DURATION: &str = r#"a Go duration such as "90s", "5m" or "1h30m""#;
+
+/// Parses a duration exactly as Go's `time.ParseDuration` does (`300ms`, `1.5h`, `1h30m0.5s`),
+/// refusing negative ones: every duration here is a timeout, an interval or a window.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let nanos = go_duration::parse(text).map_err(|reason| match reason {
+        GoDurationError::Empty if text.is_empty() => format!("empty; expected {GO_DURATION}"),
+        reason => format!("`{text}` is not a duration: {reason}; expected {GO_DURATION}"),
+    })?;
+    let nanos = u64::try_from(nanos).map_err(|_| {
+        format!("`{text}` is negative: a timeout or interval cannot be negative; expected {GO_DURATION}")
+    })?;
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// Writes a duration back in Go's form (`5m0s`, `1h30m0s`, `250ms`), as the operator's files do.
+pub fn format_duration(duration: Duration) -> String {
+    go_duration::format(duration)
 }
 
 pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse_duration(&text).map_err(D::Error::custom)
+    deserializer.deserialize_str(DurationVisitor)
+}
+
+/// Takes only strings, so that a bare number (`10`) is told the Go form too.
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(GO_DURATION)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+        parse_duration(text).map_err(E::custom)
+    }
 }
 
 /// A positive duration: a zero timeout or interval would disable what it bounds.
@@ -93,7 +184,14 @@ pub(super) fn optional_address<'de, D: Deserializer<'de>>(
 pub(super) fn addresses<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<ethers_core::types::Address>, D::Error> {
-    Vec::<String>::deserialize(deserializer)?.iter().map(|text| parse_address(text).map_err(D::Error::custom)).collect()
+    // Every bad entry in one message: serde stops at a list's first error.
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    let (parsed, bad): (Vec<_>, Vec<_>) = texts.iter().map(|text| parse_address(text)).partition(Result::is_ok);
+    if !bad.is_empty() {
+        let reasons: Vec<String> = bad.into_iter().filter_map(Result::err).collect();
+        return Err(D::Error::custom(reasons.join("; ")));
+    }
+    Ok(parsed.into_iter().filter_map(Result::ok).collect())
 }
 
 /// An `http` or `https` URL with a host, such as a backend's base URL or an RPC endpoint.
@@ -126,19 +224,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn go_style_durations_parse() {
+    fn go_durations_parse() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h30m0.5s"), Ok(Duration::from_millis(5_400_500)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("-0s"), Ok(Duration::ZERO));
     }
 
     #[test]
     fn bad_durations_say_what_to_write() {
-        for bad in ["", "5", "five minutes", "-1s", "5 parsecs"] {
+        for bad in ["", "5", "10", "five minutes", "5min", "1d", "2 days", "1 h", "h", "5 parsecs"] {
             let message = parse_duration(bad).unwrap_err();
-            assert!(message.contains("`90s`"), "{bad:?} gave {message}");
+            assert!(
+                message.ends_with(r#"expected a Go duration such as "90s", "5m" or "1h30m""#),
+                "{bad:?} gave {message}"
+            );
         }
+        assert_eq!(
+            parse_duration("5min").unwrap_err(),
+            "`5min` is not a duration: unknown unit `min` (the units are ns, us, µs, ms, s, m and h); \
+             expected a Go duration such as \"90s\", \"5m\" or \"1h30m\""
+        );
+    }
+
+    #[test]
+    fn negative_durations_are_refused() {
+        for bad in ["-1s", "-1.5h"] {
+            let message = parse_duration(bad).unwrap_err();
+            assert!(message.starts_with(&format!("`{bad}` is negative")), "{message}");
+        }
+    }
+
+    #[test]
+    fn durations_are_shown_in_go_form() {
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m0s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+    }
+
+    #[test]
+    fn every_key_of_a_failing_value_is_probed() {
+        #[derive(Default, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        struct Inner {
+            a: u8,
+            b: u8,
+        }
+        #[derive(Default, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        struct Outer {
+            x: u8,
+            inner: Inner,
+            y: u8,
+        }
+        let value: Value = serde_yaml::from_str("{x: no, inner: {a: no, b: 1, c: 2}, y: 3}").unwrap();
+        let mut errors = ConfigErrors::default();
+        typed::<Outer>(Path::new("f.yaml"), "s", value, &mut errors);
+        let keys = errors.keys();
+        assert_eq!(keys, ["s.x", "s.inner.a", "s.inner.c"], "{errors}");
+        assert!(errors.0[2].message.contains("unknown field `c`"), "{errors}");
     }
 
     #[test]

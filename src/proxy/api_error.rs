@@ -1,7 +1,10 @@
-//! The node's error responses: OpenAI-shaped JSON (`{"error": {"message", "type", "code"}}`)
-//! with a stable `code` per reason, so OpenAI clients show them.
+//! The node's error vocabulary: every reason the node answers a request with an error, as one
+//! [`ErrorCode`] (its stable `code`, OpenAI `type`, HTTP status and the header it calls for), the
+//! conversions from each module's typed errors, and the OpenAI-shaped JSON response
+//! (`{"error": {"message", "type", "code"}}`) that OpenAI clients show.
 
 use bytes::Bytes;
+use http::header::{self, HeaderName};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
@@ -10,39 +13,123 @@ use crate::auth::AuthError;
 use crate::challenge::ChallengeError;
 use crate::routing::RoutingError;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: u16,
-    pub kind: &'static str,
-    pub code: &'static str,
-    pub message: String,
-    /// A header the status calls for: `Allow` with a 405, `Retry-After` with a 503.
-    pub header: Option<(http::HeaderName, &'static str)>,
+/// Why the node refused or failed a request. The README's error tables list exactly these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum ErrorCode {
+    // The request itself.
+    UnknownPath,
+    MethodNotAllowed,
+    BodyTooLarge,
+    InvalidJson,
+    InvalidModel,
+    MissingModel,
+    ModelNotFound,
+    BadRequest,
+    RequestTimeout,
+    // Authentication.
+    MissingHeader,
+    BadSignatureEncoding,
+    StaleTimestamp,
+    InvalidSignature,
+    NotRegistered,
+    WrongRole,
+    NonceReused,
+    NonceStoreFull,
+    // Challenges.
+    InvalidChallenge,
+    UnknownChallengeType,
+    // The backend, or the node itself.
+    BackendUnavailable,
+    BackendTimeout,
+    HttpError,
+    InternalError,
 }
 
-impl ApiError {
-    pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, code, message: message.into(), header: None }
+impl ErrorCode {
+    /// The `code` field clients act on.
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
-    pub fn invalid_request(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(status, "invalid_request_error", code, message)
-    }
-
-    pub fn method_not_allowed(allow: &'static str) -> Self {
-        Self {
-            header: Some((http::header::ALLOW, allow)),
-            ..Self::invalid_request(405, "method_not_allowed", format!("this path accepts {allow} only"))
+    /// The HTTP status; the network's existing nodes answer authentication failures the same way.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidJson | InvalidModel | MissingModel | BadRequest | BadSignatureEncoding | InvalidChallenge
+            | UnknownChallengeType => 400,
+            MissingHeader | StaleTimestamp | InvalidSignature | NotRegistered | WrongRole | NonceReused => 401,
+            UnknownPath | ModelNotFound => 404,
+            MethodNotAllowed => 405,
+            RequestTimeout => 408,
+            BodyTooLarge => 413,
+            InternalError | HttpError => 500,
+            BackendUnavailable => 502,
+            NonceStoreFull => 503,
+            BackendTimeout => 504,
         }
     }
 
-    fn upstream(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(status, "upstream_error", code, message)
+    /// The OpenAI error `type`.
+    pub fn kind(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MissingHeader | BadSignatureEncoding | StaleTimestamp | InvalidSignature | NotRegistered | WrongRole
+            | NonceReused | NonceStoreFull => "authentication_error",
+            BackendUnavailable | BackendTimeout => "upstream_error",
+            HttpError | InternalError => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The header this answer carries: what the caller may do next.
+    pub fn header(self) -> Option<HeaderName> {
+        match self {
+            Self::MethodNotAllowed => Some(header::ALLOW),
+            Self::NonceStoreFull => Some(header::RETRY_AFTER),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// An error response the node sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    /// `code`'s status, or the status of a Pingora `HTTPStatus` error (`http_error`).
+    pub status: u16,
+    pub message: String,
+    /// The header `code` calls for, with its value.
+    pub header: Option<(HeaderName, &'static str)>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let header = match code {
+            // Nonces expire continuously; a second is enough for room to free up.
+            ErrorCode::NonceStoreFull => code.header().map(|name| (name, "1")),
+            _ => None,
+        };
+        Self { code, status: code.status(), message: message.into(), header }
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let code = ErrorCode::MethodNotAllowed;
+        Self {
+            header: code.header().map(|name| (name, allow)),
+            ..Self::new(code, format!("this path accepts {allow} only"))
+        }
     }
 
     pub fn json_body(&self) -> Bytes {
         let body = serde_json::json!({
-            "error": { "message": self.message, "type": self.kind, "code": self.code }
+            "error": { "message": self.message, "type": self.code.kind(), "code": self.code.as_str() }
         });
         Bytes::from(body.to_string())
     }
@@ -57,36 +144,49 @@ impl ApiError {
     pub fn from_proxy_error(error: &Error) -> Option<Self> {
         use ErrorType::*;
         if let HTTPStatus(status) = error.etype() {
-            return Some(Self::new(*status, "server_error", "http_error", "request failed"));
+            return Some(Self { status: *status, ..Self::new(ErrorCode::HttpError, "request failed") });
         }
-        match (error.esource(), error.etype()) {
+        Some(match (error.esource(), error.etype()) {
             (
                 _,
                 ConnectTimedout | ConnectRefused | ConnectNoRoute | TLSWantX509Lookup | TLSHandshakeFailure
                 | TLSHandshakeTimedout | InvalidCert | HandshakeError | ConnectError | BindError | SocketError
                 | ConnectProxyFailure,
-            ) => Some(Self::upstream(
-                502,
-                "backend_unavailable",
+            ) => Self::new(
+                ErrorCode::BackendUnavailable,
                 format!("the model backend could not be reached ({})", error.etype().as_str()),
-            )),
-            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+            ),
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
             (ErrorSource::Downstream, ReadTimedout) => {
-                Some(Self::invalid_request(408, "request_timeout", "the request body did not arrive in time"))
+                Self::new(ErrorCode::RequestTimeout, "the request body did not arrive in time")
             }
-            (ErrorSource::Downstream, _) => Some(Self::invalid_request(400, "bad_request", "malformed HTTP request")),
-            (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => Some(Self::upstream(
-                504,
-                "backend_timeout",
-                "the model backend did not answer within proxy.readTimeout",
-            )),
-            (ErrorSource::Upstream, _) => Some(Self::upstream(
-                502,
-                "backend_unavailable",
+            (ErrorSource::Downstream, _) => Self::new(ErrorCode::BadRequest, "malformed HTTP request"),
+            (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => {
+                Self::new(ErrorCode::BackendTimeout, "the model backend did not answer within proxy.readTimeout")
+            }
+            (ErrorSource::Upstream, _) => Self::new(
+                ErrorCode::BackendUnavailable,
                 format!("the model backend failed ({})", error.etype().as_str()),
-            )),
-            _ => Some(Self::new(500, "server_error", "internal_error", "the node failed to handle the request")),
-        }
+            ),
+            _ => Self::new(ErrorCode::InternalError, "the node failed to handle the request"),
+        })
+    }
+}
+
+/// Why `request_filter` stopped a request.
+#[derive(Debug)]
+pub enum Rejected {
+    /// The request is refused: answer with this error.
+    Answer(ApiError),
+    /// Reaching the backend or the caller failed. Pingora's error path takes it, as it does every
+    /// failure of its own proxy loop: `fail_to_proxy` answers it with [`ApiError::from_proxy_error`]
+    /// while nothing was sent, and closes the connection once something was.
+    Failed(Box<Error>),
+}
+
+impl<E: Into<ApiError>> From<E> for Rejected {
+    fn from(error: E) -> Self {
+        Self::Answer(error.into())
     }
 }
 
@@ -95,12 +195,12 @@ pub(super) async fn write_response(
     session: &mut Session,
     status: u16,
     content_type: &str,
-    extra_header: Option<&(http::HeaderName, &'static str)>,
+    extra_header: Option<&(HeaderName, &'static str)>,
     body: Bytes,
 ) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(status, Some(4))?;
-    header.insert_header(http::header::CONTENT_TYPE, content_type)?;
-    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    header.insert_header(header::CONTENT_TYPE, content_type)?;
+    header.insert_header(header::CONTENT_LENGTH, body.len())?;
     if let Some((name, value)) = extra_header {
         header.insert_header(name.clone(), *value)?;
     }
@@ -110,41 +210,48 @@ pub(super) async fn write_response(
 
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
-        let mut api_error = Self::new(error.status(), "authentication_error", error.code(), error.to_string());
-        if error == AuthError::NonceStoreFull {
-            api_error.header = Some((http::header::RETRY_AFTER, "1"));
-        }
-        api_error
+        let code = match error {
+            AuthError::MissingHeader(_) => ErrorCode::MissingHeader,
+            AuthError::BadEncoding { .. } => ErrorCode::BadSignatureEncoding,
+            AuthError::StaleTimestamp { .. } => ErrorCode::StaleTimestamp,
+            AuthError::SignerMismatch | AuthError::InvalidSignature => ErrorCode::InvalidSignature,
+            AuthError::NotRegistered => ErrorCode::NotRegistered,
+            AuthError::WrongRole(_) => ErrorCode::WrongRole,
+            AuthError::NonceReused => ErrorCode::NonceReused,
+            AuthError::NonceStoreFull => ErrorCode::NonceStoreFull,
+        };
+        Self::new(code, error.to_string())
     }
 }
 
 impl From<ChallengeError> for ApiError {
     fn from(error: ChallengeError) -> Self {
         let code = match error {
-            ChallengeError::Malformed(_) => "invalid_challenge",
-            ChallengeError::UnknownType(_) => "unknown_challenge_type",
+            ChallengeError::Malformed(_) => ErrorCode::InvalidChallenge,
+            ChallengeError::UnknownType(_) => ErrorCode::UnknownChallengeType,
         };
-        Self::invalid_request(400, code, error.to_string())
+        Self::new(code, error.to_string())
     }
 }
 
 impl From<RoutingError> for ApiError {
     fn from(error: RoutingError) -> Self {
-        match error {
-            RoutingError::UnknownModel { .. } => Self::invalid_request(404, "model_not_found", error.to_string()),
-            RoutingError::Unresolvable { .. } => Self::upstream(502, "backend_unavailable", error.to_string()),
-            RoutingError::BadPath(_) => Self::invalid_request(400, "bad_request", error.to_string()),
-        }
+        let code = match error {
+            RoutingError::UnknownModel { .. } => ErrorCode::ModelNotFound,
+            RoutingError::Unresolvable { .. } => ErrorCode::BackendUnavailable,
+        };
+        Self::new(code, error.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::IntoEnumIterator;
 
     #[test]
     fn body_is_openai_shaped() {
-        let error = ApiError::invalid_request(400, "invalid_json", "body is not \"JSON\"");
+        let error = ApiError::new(ErrorCode::InvalidJson, "body is not \"JSON\"");
         let parsed: serde_json::Value = serde_json::from_slice(&error.json_body()).unwrap();
         assert_eq!(parsed["error"]["code"], "invalid_json");
         assert_eq!(parsed["error"]["type"], "invalid_request_error");
@@ -159,5 +266,30 @@ mod tests {
         assert_eq!(ApiError::from_proxy_error(&refused).unwrap().status, 502);
         let gone = Error::explain(ErrorType::WriteError, "client left").into_down();
         assert_eq!(ApiError::from_proxy_error(&gone), None);
+    }
+
+    #[test]
+    fn auth_failures_keep_the_networks_statuses() {
+        let cases = [
+            (AuthError::MissingHeader("X-Nonce"), 401, "missing_header"),
+            (AuthError::BadEncoding { header: "X-Signature", reason: "x".into() }, 400, "bad_signature_encoding"),
+            (AuthError::SignerMismatch, 401, "invalid_signature"),
+            (AuthError::NonceStoreFull, 503, "nonce_store_full"),
+        ];
+        for (error, status, code) in cases {
+            let api_error = ApiError::from(error);
+            assert_eq!((api_error.status, api_error.code.as_str()), (status, code));
+        }
+        let full = ApiError::from(AuthError::NonceStoreFull);
+        assert_eq!(full.header, Some((header::RETRY_AFTER, "1")));
+    }
+
+    #[test]
+    fn readme_lists_every_error_code() {
+        let readme = include_str!("../../README.md");
+        for code in ErrorCode::iter() {
+            let row = format!("| `{}` | {} |", code.as_str(), code.status());
+            assert!(readme.contains(&row), "README.md has no error-table row starting {row:?}");
+        }
     }
 }

@@ -7,30 +7,17 @@ use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 use serde::Deserialize;
 
-use super::api_error::ApiError;
-
-pub enum BodyError {
-    Api(ApiError),
-    /// The caller's connection failed while sending the body.
-    Read(Box<pingora::Error>),
-}
-
-impl From<ApiError> for BodyError {
-    fn from(error: ApiError) -> Self {
-        Self::Api(error)
-    }
-}
+use super::api_error::{ApiError, ErrorCode, Rejected};
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::invalid_request(
-        413,
-        "body_too_large",
+    ApiError::new(
+        ErrorCode::BodyTooLarge,
         format!("the request body is larger than this node accepts ({limit} bytes, limits.maxBodyBytes)"),
     )
 }
 
 /// Reads the whole body, refusing one over `limit` as early as its `Content-Length` tells.
-pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_whole(session: &mut Session, limit: usize) -> Result<Bytes, Rejected> {
     let declared = session
         .req_header()
         .headers
@@ -45,7 +32,7 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Bytes, Bo
     session.as_downstream_mut().enable_retry_buffering();
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
-    while let Some(chunk) = session.read_request_body().await.map_err(BodyError::Read)? {
+    while let Some(chunk) = session.read_request_body().await.map_err(Rejected::Failed)? {
         let received = first.as_ref().map_or(0, Bytes::len) + rest.len() + chunk.len();
         if received > limit {
             return Err(too_large(limit).into());
@@ -73,16 +60,15 @@ struct ModelField<'a> {
 /// The top-level `model` of a JSON request body, borrowed from it unless it has escapes.
 pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
     let parsed: ModelField = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::invalid_request(
-            400,
-            "invalid_model",
+        serde_json::error::Category::Data => ApiError::new(
+            ErrorCode::InvalidModel,
             format!("the body must be a JSON object whose `model` is a string ({e})"),
         ),
-        _ => ApiError::invalid_request(400, "invalid_json", format!("the body is not valid JSON ({e})")),
+        _ => ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON ({e})")),
     })?;
     match parsed.model {
         Some(model) if !model.is_empty() => Ok(model),
-        _ => Err(ApiError::invalid_request(400, "missing_model", "the body has no `model`: name the model to run")),
+        _ => Err(ApiError::new(ErrorCode::MissingModel, "the body has no `model`: name the model to run")),
     }
 }
 

@@ -1,10 +1,11 @@
 //! The node's request path, one Pingora phase at a time: classify the path, read the body,
-//! authenticate the signer, route by `model`, forward (through `upstream_peer`, or the connector relay for bodies beyond
-//! Pingora's retry buffer), and log one line per request.
+//! authenticate the signer, route by `model`, forward (the exchange with the backend is
+//! `upstream`'s, on both paths), and log one line per request.
 
 mod api_error;
 mod body;
-mod relay;
+mod response_log;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,18 +13,21 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-pub use api_error::ApiError;
+pub(crate) use api_error::ApiError;
+use api_error::Rejected;
 pub use body::model_of;
+use response_log::ResponseLog;
+use upstream::Exchange;
 
 use crate::auth::{Authenticator, Role, Signer};
 use crate::challenge;
 use crate::config::Limits;
-use crate::routing::{self, ModelRoute, Router};
+use crate::routing::Router;
 
 /// What a path is, once its method is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,9 +50,8 @@ impl Endpoint {
             "/v1/embeddings" => (Self::Embeddings, "POST"),
             "/challenge" => (Self::Challenge, "POST"),
             _ => {
-                return Err(ApiError::invalid_request(
-                    404,
-                    "unknown_path",
+                return Err(ApiError::new(
+                    api_error::ErrorCode::UnknownPath,
                     "no such path: this node serves POST /v1/chat/completions, /v1/completions, \
                      /v1/embeddings, /challenge and GET /v1/models",
                 ))
@@ -78,9 +81,9 @@ impl Endpoint {
 pub struct RequestCtx {
     started: Instant,
     endpoint: Option<Endpoint>,
-    route: Option<Arc<ModelRoute>>,
-    /// The backend `request_filter` chose, handed to Pingora by `upstream_peer`.
-    peer: Option<Box<HttpPeer>>,
+    /// The body's `model`, as the caller named it.
+    model: Option<String>,
+    exchange: Option<Exchange<ResponseLog>>,
     body_len: usize,
     signer: Option<Signer>,
 }
@@ -89,30 +92,8 @@ pub struct RequestCtx {
 enum Handled {
     /// The node answered (or relayed) the request itself.
     Answered,
-    /// Pingora forwards the request to `ctx.peer`.
+    /// Pingora forwards the request to `ctx.exchange`'s peer.
     Forward,
-}
-
-/// Why `request_filter` stopped a request.
-enum Rejected {
-    Api(ApiError),
-    /// The connection is past answering (the caller left, or the response had begun).
-    Broken(Box<pingora::Error>),
-}
-
-impl<E: Into<ApiError>> From<E> for Rejected {
-    fn from(error: E) -> Self {
-        Self::Api(error.into())
-    }
-}
-
-impl From<body::BodyError> for Rejected {
-    fn from(error: body::BodyError) -> Self {
-        match error {
-            body::BodyError::Api(e) => Self::Api(e),
-            body::BodyError::Read(e) => Self::Broken(e),
-        }
-    }
 }
 
 pub struct NodeProxy {
@@ -121,11 +102,19 @@ pub struct NodeProxy {
     limits: Limits,
     /// Backend connections for the relay path; pooled like Pingora's own.
     connector: Connector,
+    /// Pingora's `max_retries`, which bounds the relay's attempts too.
+    max_attempts: usize,
 }
 
 impl NodeProxy {
-    pub fn new(auth: Arc<Authenticator>, router: Arc<Router>, limits: Limits, connector: Connector) -> Self {
-        Self { auth, router, limits, connector }
+    pub fn new(
+        auth: Arc<Authenticator>,
+        router: Arc<Router>,
+        limits: Limits,
+        connector: Connector,
+        max_attempts: usize,
+    ) -> Self {
+        Self { auth, router, limits, connector, max_attempts }
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Handled, Rejected> {
@@ -171,34 +160,24 @@ impl NodeProxy {
         body: Bytes,
     ) -> Result<Handled, Rejected> {
         let model = body::model_of(&body)?;
-        log::debug!("request for model {model:?}");
         let route = self.router.select(&model)?;
-        let peer = self.router.peer(&route).await?;
-        ctx.route = Some(route.clone());
+        ctx.model = Some(model.into_owned());
+        let exchange = ctx.exchange.insert(
+            Exchange::begin(&self.router, route, session.req_header(), body.len(), ResponseLog::default()).await?,
+        );
         if !session.as_downstream().retry_buffer_truncated() {
-            ctx.peer = Some(Box::new(peer));
             return Ok(Handled::Forward);
         }
-        let mut request = session.req_header().clone();
-        routing::prepare_upstream_request(&route, body.len(), &mut request)?;
         // Boxed: the relay's state is kilobytes, and inline it would grow every request's
         // `request_filter` future, which is copied into a box on each call, though only
         // bodies beyond 64 KiB take this path.
-        let relayed =
-            Box::pin(relay::relay(&self.connector, session, &peer, request, body, self.router.idle_timeout())).await;
-        match relayed {
-            Ok(()) => Ok(Handled::Answered),
-            Err(relay::RelayError::BeforeResponse(e)) => match ApiError::from_proxy_error(&e) {
-                Some(api_error) => Err(Rejected::Api(api_error)),
-                None => Err(Rejected::Broken(e)),
-            },
-            Err(relay::RelayError::AfterResponse(e)) => Err(Rejected::Broken(e)),
-        }
+        Box::pin(exchange.relay(&self.connector, session, body, self.max_attempts)).await?;
+        Ok(Handled::Answered)
     }
 }
 
 async fn respond(session: &mut Session, status: u16, content_type: &str, body: Bytes) -> Result<(), Rejected> {
-    api_error::write_response(session, status, content_type, None, body).await.map_err(Rejected::Broken)
+    api_error::write_response(session, status, content_type, None, body).await.map_err(Rejected::Failed)
 }
 
 #[async_trait]
@@ -206,14 +185,14 @@ impl ProxyHttp for NodeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx { started: Instant::now(), endpoint: None, route: None, peer: None, body_len: 0, signer: None }
+        RequestCtx { started: Instant::now(), endpoint: None, model: None, exchange: None, body_len: 0, signer: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         match self.handle(session, ctx).await {
             Ok(Handled::Forward) => Ok(false),
             Ok(Handled::Answered) => Ok(true),
-            Err(Rejected::Api(error)) => {
+            Err(Rejected::Answer(error)) => {
                 if error.status == 413 {
                     // The unread remainder of the body makes the connection unusable.
                     session.set_keepalive(None);
@@ -221,13 +200,12 @@ impl ProxyHttp for NodeProxy {
                 error.send(session).await?;
                 Ok(true)
             }
-            Err(Rejected::Broken(error)) => Err(error),
+            Err(Rejected::Failed(error)) => Err(error),
         }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        // A clone, not a take: Pingora asks again when it retries on a fresh connection.
-        ctx.peer.clone().ok_or_else(|| Error::explain(InternalError, "no backend chosen for this request"))
+        Ok(exchange_of(ctx)?.peer())
     }
 
     async fn upstream_request_filter(
@@ -236,10 +214,30 @@ impl ProxyHttp for NodeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let route =
-            ctx.route.as_ref().ok_or_else(|| Error::explain(InternalError, "no backend chosen for this request"))?;
-        routing::prepare_upstream_request(route, ctx.body_len, upstream_request)
-            .map_err(|e| Error::because(InternalError, "rewriting the request for its backend", e))
+        exchange_of(ctx)?.rewrite_request(upstream_request)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        exchange_of(ctx)?.response_header(upstream_response);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(chunk), Some(exchange)) = (body.as_ref(), ctx.exchange.as_mut()) {
+            exchange.response_body(chunk);
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -247,25 +245,21 @@ impl ProxyHttp for NodeProxy {
         _session: &mut Session,
         _peer: &HttpPeer,
         _ctx: &mut RequestCtx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        // A backend that refuses a fresh connection will refuse the next one too.
-        e.set_retry(false);
-        e
+        upstream::connect_failure(e)
     }
 
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
-        _session: &mut Session,
+        session: &mut Session,
         e: Box<Error>,
         _ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        // Requests on this path have their whole body in the retry buffer, so one that failed
-        // on a pooled connection the backend had closed can be sent again, POST or not.
         let mut e = e.more_context(format!("Peer: {peer}"));
-        e.retry.decide_reuse(client_reused);
+        upstream::decide_retry(&mut e, client_reused, session.response_written().is_some());
         e
     }
 
@@ -280,6 +274,8 @@ impl ProxyHttp for NodeProxy {
         if let Err(send_error) = error.send(session).await {
             log::debug!("could not send the error response: {send_error}");
         }
+        // Pingora closes the caller's connection after its own proxy loop failed, whatever this
+        // says; the relay's failures close it too, so both paths end alike.
         FailToProxy { error_code: error.status, can_reuse_downstream: false }
     }
 
@@ -296,13 +292,18 @@ impl ProxyHttp for NodeProxy {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let path = ctx.endpoint.map_or("(unknown path)", Endpoint::path);
-        let (model, backend) =
-            ctx.route.as_ref().map_or(("-", "-"), |route| (route.entry.as_str(), route.url.as_str()));
+        let model = ctx.model.as_deref().unwrap_or("-");
+        let (entry, backend, response) = match &ctx.exchange {
+            Some(exchange) => {
+                (exchange.route.entry.as_str(), exchange.route.url.as_str(), exchange.observer.to_string())
+            }
+            None => ("-", "-", String::new()),
+        };
         let signer = ctx.signer.map_or_else(|| "-".to_string(), |s| format!("{}:{:?}", s.role, s.address));
         let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         let method = &session.req_header().method;
         let line = format!(
-            "{method} {path} signer={signer} model={model} backend={backend} status={status} body_bytes={} duration_ms={elapsed_ms:.1}",
+            "{method} {path} signer={signer} model={model} entry={entry} backend={backend} status={status} body_bytes={}{response} duration_ms={elapsed_ms:.1}",
             ctx.body_len
         );
         match error {
@@ -314,6 +315,11 @@ impl ProxyHttp for NodeProxy {
             }
         }
     }
+}
+
+/// The exchange `request_filter` began; Pingora's forwarding phases run only after one did.
+fn exchange_of(ctx: &mut RequestCtx) -> Result<&mut Exchange<ResponseLog>> {
+    ctx.exchange.as_mut().ok_or_else(|| Error::explain(InternalError, "no backend chosen for this request"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const FXN: &str = env!("CARGO_BIN_EXE_fxn");
-pub const TEST_BACKEND: &str = env!("CARGO_BIN_EXE_fxn-test-backend");
+
+/// The test backend, a crate of its own (`tests/backend`), built beside `fxn` by `scripts/test.sh`.
+pub fn test_backend_binary() -> PathBuf {
+    let binary = Path::new(FXN).with_file_name("fxn-test-backend");
+    assert!(binary.exists(), "{} is missing: build it with `cargo build -p fxn-test-backend`", binary.display());
+    binary
+}
 
 pub struct TestBackend {
     pub addr: SocketAddr,
@@ -23,7 +29,7 @@ impl TestBackend {
     }
 
     pub fn start_with(args: &[&str]) -> Self {
-        let mut child = Command::new(TEST_BACKEND)
+        let mut child = Command::new(test_backend_binary())
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -48,6 +54,11 @@ impl TestBackend {
     pub async fn stats(&self) -> serde_json::Value {
         reqwest::get(format!("{}/stats", self.url())).await.expect("backend stats").json().await.expect("stats JSON")
     }
+
+    /// Requests the backend has received, answered or not.
+    pub async fn requests(&self) -> u64 {
+        self.stats().await["requests"].as_u64().expect("stats.requests")
+    }
 }
 
 impl Drop for TestBackend {
@@ -57,7 +68,15 @@ impl Drop for TestBackend {
     }
 }
 
-/// A port nothing listens on right now.
+/// Pingora's retry buffer: bodies up to it are forwarded by Pingora's proxy loop, larger ones by
+/// the node's relay.
+pub const RETRY_BUFFER: usize = 64 * 1024;
+
+/// A body size for each forwarding path.
+pub const BOTH_PATHS: [usize; 2] = [512, RETRY_BUFFER + 1];
+
+/// A port nothing listens on right now (another process may take it before it is bound:
+/// `Node::start` picks again when that happens).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -71,23 +90,37 @@ pub struct NodeFiles {
 impl NodeFiles {
     /// `config_extra` is appended to a config.yaml that sets only `node`.
     pub fn new(model_backend: &str, config_extra: &str) -> Self {
+        Self::with_threads(model_backend, config_extra, 1)
+    }
+
+    /// [`Self::new`] with `threads` Pingora worker threads.
+    pub fn with_threads(model_backend: &str, config_extra: &str, threads: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = format!(
-            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {port}\nlogger:\n  verbosity: debug\n\
-             registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
-            gateway_key().address,
-            scheduler_key().address,
-        );
-        std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         std::fs::write(dir.path().join("model_backend.yaml"), model_backend).unwrap();
+        std::fs::write(dir.path().join("config_extra.yaml"), config_extra).unwrap();
         let conf = format!(
-            "version: 1\nthreads: 1\npid_file: {0}/fxn.pid\nupgrade_sock: {0}/upgrade.sock\n\
+            "version: 1\nthreads: {threads}\npid_file: {0}/fxn.pid\nupgrade_sock: {0}/upgrade.sock\n\
              grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\nupstream_keepalive_pool_size: 16\n",
             dir.path().display()
         );
         std::fs::write(dir.path().join("fxn.yaml"), conf).unwrap();
-        Self { dir, port }
+        let mut files = Self { dir, port: 0 };
+        files.pick_port();
+        files
+    }
+
+    /// Writes config.yaml listening on a port free right now.
+    fn pick_port(&mut self) {
+        self.port = free_port();
+        let config_extra = std::fs::read_to_string(self.path("config_extra.yaml")).unwrap();
+        let config = format!(
+            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\nlogger:\n  verbosity: debug\n\
+             registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
+            self.port,
+            gateway_key().address,
+            scheduler_key().address,
+        );
+        std::fs::write(self.path("config.yaml"), config).unwrap();
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -106,6 +139,22 @@ impl NodeFiles {
     }
 }
 
+/// Whether a node at `addr` answers `GET /health`.
+fn answers_health(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut answer = [0; 12];
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: n\r\n\r\n").is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// What Pingora logs while its listening port is taken (it tries again a few times).
+const PORT_IN_USE: &str = " is in use, will try again";
+
 pub struct Node {
     pub addr: SocketAddr,
     pub files: NodeFiles,
@@ -120,50 +169,94 @@ impl Node {
     }
 
     pub fn start(files: NodeFiles) -> Self {
-        Self::start_with(files, Command::new(FXN))
+        Self::start_with(files, || Command::new(FXN))
     }
 
     /// Starts the node with the soft open-file limit lowered to `soft` (the hard one kept).
     pub fn start_with_soft_fd_limit(files: NodeFiles, soft: u64) -> Self {
         use std::os::unix::process::CommandExt;
-        let mut command = Command::new(FXN);
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
-                rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard)
-            });
+        Self::start_with(files, || {
+            let mut command = Command::new(FXN);
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+                    rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard)
+                });
+            }
+            command
+        })
+    }
+
+    fn start_with(mut files: NodeFiles, command: impl Fn() -> Command) -> Self {
+        for _ in 0..5 {
+            let log = std::fs::File::create(files.path("fxn.log")).unwrap();
+            let child = command()
+                .arg("start")
+                .args(files.file_args())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start fxn");
+            let addr: SocketAddr = ([127, 0, 0, 1], files.port).into();
+            let mut node = Self { addr, files, child };
+            match node.wait_until_serving() {
+                Ok(()) => return node,
+                // Another process took the port between `free_port` and the node's bind.
+                Err(log) if log.contains(PORT_IN_USE) => {
+                    files = node.take_files();
+                    files.pick_port();
+                }
+                Err(log) => panic!("{log}"),
+            }
         }
-        Self::start_with(files, command)
+        panic!("fxn found no free port in 5 tries");
     }
 
-    fn start_with(files: NodeFiles, mut command: Command) -> Self {
-        let log = std::fs::File::create(files.path("fxn.log")).unwrap();
-        let child = command
-            .arg("start")
-            .args(files.file_args())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start fxn");
-        let addr: SocketAddr = ([127, 0, 0, 1], files.port).into();
-        let mut node = Self { addr, files, child };
-        node.wait_until_serving();
-        node
-    }
-
-    fn wait_until_serving(&mut self) {
+    fn wait_until_serving(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("fxn exited with {status}:\n{}", self.log());
+                return Err(format!("fxn exited with {status}:\n{}", self.log()));
             }
-            if std::net::TcpStream::connect(self.addr).is_ok() {
-                return;
+            if self.log().contains(PORT_IN_USE) {
+                return Err(self.log());
+            }
+            // Asked for its health, since whoever took the port may accept connections too.
+            if answers_health(self.addr) {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("fxn did not start listening:\n{}", self.log());
+        Err(format!("fxn did not start listening:\n{}", self.log()))
+    }
+
+    /// Stops this node and hands back its files, for a start on another port.
+    fn take_files(mut self) -> NodeFiles {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let placeholder = NodeFiles { dir: tempfile::tempdir().unwrap(), port: 0 };
+        std::mem::replace(&mut self.files, placeholder)
+    }
+
+    /// The log lines of finished requests to `path` (Pingora writes each once the response is done),
+    /// waiting up to 5 s for at least `count` of them.
+    pub fn request_log_lines(&self, path: &str, count: usize) -> Vec<String> {
+        let prefix = format!(" {path} signer=");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // A failed request's line is repeated at debug with the whole error; the first says it all.
+            let lines: Vec<String> = self
+                .log()
+                .lines()
+                .filter(|l| l.contains(&prefix) && !l.contains(" DEBUG "))
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= count || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -208,11 +301,7 @@ pub fn signed_request(
 ) -> reqwest::RequestBuilder {
     let nonce = format!("{:016x}", rand::random::<u64>());
     let headers = fxn_node::auth::sign_request(&key.signing_key, &body, now_unix(), &nonce, false).unwrap();
-    let mut request = reqwest::Client::new().request(method, url).header("content-type", "application/json");
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    request.body(body)
+    reqwest::Client::new().request(method, url).header("content-type", "application/json").headers(headers).body(body)
 }
 
 pub fn signed_post(key: &fxn_node::keys::NodeKey, url: String, body: Vec<u8>) -> reqwest::RequestBuilder {
@@ -224,14 +313,67 @@ pub fn gateway_post(node: &Node, path: &str, body: Vec<u8>) -> reqwest::RequestB
     signed_post(&gateway_key(), node.url(path), body)
 }
 
+/// Sends a chat request with `fault` (the test backend's `x-test-fault`, or none when empty).
+pub async fn chat_with_fault(node: &Node, fault: &str, size: usize, stream: bool) -> reqwest::Response {
+    let request = gateway_post(node, "/v1/chat/completions", chat_body(size, stream));
+    let request = if fault.is_empty() { request } else { request.header("x-test-fault", fault) };
+    request.send().await.expect("request to fxn")
+}
+
+/// The status and the `error` object of one of the node's OpenAI-shaped error answers.
+pub async fn api_error(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("an OpenAI-style JSON error");
+    (status, body["error"].clone())
+}
+
+/// The status and `code` of one of the node's error answers.
+pub async fn error_code(response: reqwest::Response) -> (u16, String) {
+    let (status, error) = api_error(response).await;
+    (status, error["code"].as_str().unwrap_or_default().to_string())
+}
+
+/// The value of `field=` in a log line.
+pub fn log_field<'a>(line: &'a str, field: &str) -> Option<&'a str> {
+    let key = format!(" {field}=");
+    let start = line.find(&key)? + key.len();
+    line[start..].split(' ').next()
+}
+
 /// Runs `fxn` with `args` to completion: (exit code, stdout, stderr).
+/// A run that has not exited after 30 s fails the test (a command that should exit at once, such as
+/// `start -t`, must not hang the suite if it would serve instead).
 pub fn run_fxn(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    let output = Command::new(FXN).args(args).current_dir(cwd).output().expect("run fxn");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    use std::io::Read;
+    let mut child = Command::new(FXN)
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fxn");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for fxn") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fxn {args:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code().unwrap_or(-1), stdout.join().unwrap(), stderr.join().unwrap())
 }
 
 /// A JSON chat request for the test model, padded to exactly `size` bytes.

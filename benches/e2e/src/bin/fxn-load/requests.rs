@@ -111,14 +111,7 @@ fn sign_all(body: &[u8], count: usize) -> anyhow::Result<Vec<HeaderMap>> {
                     (first..count.min(first + per_thread))
                         .map(|index| {
                             let nonce = format!("{run:08x}{index:08x}");
-                            let pairs = fxn_node::auth::sign_request(&key.signing_key, body, timestamp, &nonce, false)
-                                .map_err(|e| anyhow::anyhow!("signing failed: {e}"))?;
-                            let mut headers = HeaderMap::with_capacity(pairs.len());
-                            for (name, value) in pairs {
-                                headers
-                                    .insert(HeaderName::from_static(lowercase(name)), HeaderValue::from_str(&value)?);
-                            }
-                            Ok(headers)
+                            Ok(fxn_node::auth::sign_request(&key.signing_key, body, timestamp, &nonce, false)?)
                         })
                         .collect()
                 })
@@ -131,18 +124,6 @@ fn sign_all(body: &[u8], count: usize) -> anyhow::Result<Vec<HeaderMap>> {
         all.extend(chunk?);
     }
     Ok(all)
-}
-
-/// `HeaderName::from_static` takes lowercase names only; the signer's names are known.
-fn lowercase(name: &str) -> &'static str {
-    match name {
-        "X-Address" => "x-address",
-        "X-Public-Key" => "x-public-key",
-        "X-Timestamp" => "x-timestamp",
-        "X-Nonce" => "x-nonce",
-        "X-Signature" => "x-signature",
-        other => panic!("unexpected signed header {other}"),
-    }
 }
 
 /// A chat request for `model`, padded to exactly `size` bytes (or its minimum).

@@ -4,14 +4,18 @@
 //!
 //! Behaviour per request, from headers (the node forwards them):
 //! - `x-test-fault`: `status-500` (an error body), `hang` (never answers), `close` (closes the
-//!   connection mid-stream after the first event), `reset` (resets the connection unanswered),
+//!   connection mid-stream after the first event), `stall-after-first` (sends the first event, or
+//!   the first half of a JSON body sent chunked, then nothing more while the connection stays
+//!   open), `reset` (resets the connection unanswered),
 //!   `reset-if-reused` (the same, but only on a connection that has served a request before: a
 //!   pooled connection the backend dropped just as the node reused it);
 //! - `x-test-delay-ms`: wait before the first byte;
 //! - `x-test-chunks`, `x-test-interval-ms`: events per stream and the pause between them.
 //!
 //! Every response carries `x-backend-body-sha256`, `x-backend-body-length`, `x-backend-path`,
-//! `x-backend-connection` (the connection's number) and `x-backend-headers` (names received).
+//! `x-backend-connection` (the connection's number), `x-backend-headers` (names received), and
+//! the values received of `Host`, `Content-Length` and `Transfer-Encoding` as `x-backend-host`,
+//! `x-backend-content-length` and `x-backend-transfer-encoding` (`-` when absent).
 //! `GET /stats` reports connections accepted, requests served and streams cut short.
 
 use std::convert::Infallible;
@@ -23,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
+use http_body_util::channel::Sender;
 use http_body_util::{combinators::BoxBody, BodyExt, Channel, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -61,6 +66,35 @@ struct Stats {
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How a fault cuts a body short after its first piece.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// `close`: the body is aborted, so hyper closes the connection mid-body.
+    Close,
+    /// `stall-after-first`: the body waits forever, as `hang` does before the header; nothing
+    /// more is sent and the connection stays open until the client goes away.
+    Stall,
+}
+
+impl Cut {
+    fn of(fault: Option<&str>) -> Option<Self> {
+        match fault {
+            Some("close") => Some(Self::Close),
+            Some("stall-after-first") => Some(Self::Stall),
+            _ => None,
+        }
+    }
+
+    /// Ends a body of [`fed_body`] after its first piece, the sender handed over.
+    fn apply(self, sender: Sender<Bytes, std::io::Error>) {
+        match self {
+            Self::Close => sender.abort(std::io::Error::other("injected close mid-body")),
+            // The channel ends here, and the body of `fed_body` then waits for trailers that never come.
+            Self::Stall => drop(sender),
+        }
+    }
+}
 
 struct Backend {
     args: Args,
@@ -161,6 +195,9 @@ impl Backend {
             .filter_map(|name| Some(format!("{name}={}", request.headers().get(*name)?.to_str().ok()?)))
             .collect::<Vec<_>>()
             .join(";");
+        let received = |name| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+        let (host, content_length, transfer_encoding) =
+            (received("host"), received("content-length"), received("transfer-encoding"));
 
         let body = match request.into_body().collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -189,13 +226,23 @@ impl Backend {
             tokio::time::sleep(delay).await;
         }
 
+        let cut = Cut::of(fault.as_deref());
         let mut response = if fault.as_deref() == Some("status-500") {
             status(StatusCode::INTERNAL_SERVER_ERROR, "injected backend failure")
         } else if json["stream"].as_bool() == Some(true) && !path.ends_with("/embeddings") {
-            let close_after = (fault.as_deref() == Some("close")).then_some(1);
-            self.stream(model, chunks, interval, close_after)
+            self.stream(model, chunks, interval, cut)
         } else {
-            Response::new(full(self.canned(&path, &model, &json).to_string()))
+            let canned = Bytes::from(self.canned(&path, &model, &json).to_string());
+            match cut {
+                // Its first half, chunked (a fed body declares no length); `close` cuts streams only.
+                Some(Cut::Stall) => {
+                    let (mut sender, body) = fed_body(cut);
+                    let _ = sender.try_send(Frame::data(canned.slice(..canned.len() / 2)));
+                    Cut::Stall.apply(sender);
+                    Response::new(body)
+                }
+                _ => Response::new(full(canned)),
+            }
         };
         let digest = hex::encode(Sha256::digest(&body));
         let headers = response.headers_mut();
@@ -206,6 +253,9 @@ impl Backend {
             ("x-backend-connection", connection.to_string()),
             ("x-backend-headers", echo_headers),
             ("x-backend-credential", credential),
+            ("x-backend-host", host),
+            ("x-backend-content-length", content_length),
+            ("x-backend-transfer-encoding", transfer_encoding),
         ] {
             if let Ok(value) = value.parse() {
                 headers.insert(name, value);
@@ -243,9 +293,10 @@ impl Backend {
         }
     }
 
-    /// Streams `chunks` events `interval` apart, each stamped with its send time, then `[DONE]`.
-    fn stream(&self, model: String, chunks: u32, interval: Duration, close_after: Option<u32>) -> Response<Body> {
-        let (mut sender, body) = Channel::<Bytes, std::io::Error>::new(4);
+    /// Streams `chunks` events `interval` apart, each stamped with its send time, then `[DONE]`;
+    /// a `cut` comes after the first event.
+    fn stream(&self, model: String, chunks: u32, interval: Duration, cut: Option<Cut>) -> Response<Body> {
+        let (mut sender, body) = fed_body(cut);
         let stats = self.stats.clone();
         let created = unix_micros() / 1_000_000;
         let task = async move {
@@ -253,8 +304,8 @@ impl Backend {
                 if index > 0 {
                     tokio::time::sleep(interval).await;
                 }
-                if close_after == Some(index) {
-                    sender.abort(std::io::Error::other("injected close mid-stream"));
+                if let Some(cut) = cut.filter(|_| index == 1) {
+                    cut.apply(sender);
                     return;
                 }
                 let event = serde_json::json!({
@@ -270,11 +321,22 @@ impl Backend {
             let _ = sender.send(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))).await;
         };
         tokio::spawn(task);
-        let mut response = Response::new(body.boxed());
+        let mut response = Response::new(body);
         response.headers_mut().insert("content-type", "text/event-stream".parse().expect("static header"));
         response.headers_mut().insert("cache-control", "no-cache".parse().expect("static header"));
         response
     }
+}
+
+/// A body fed piece by piece through the sender returned; with a `Stall` cut, once the sender is
+/// dropped it sends nothing more and never ends (a pending future, as `hang` awaits).
+fn fed_body(cut: Option<Cut>) -> (Sender<Bytes, std::io::Error>, Body) {
+    let (sender, body) = Channel::new(4);
+    let body = match cut {
+        Some(Cut::Stall) => body.with_trailers(std::future::pending()).boxed(),
+        _ => body.boxed(),
+    };
+    (sender, body)
 }
 
 fn status(code: StatusCode, message: &str) -> Response<Body> {
