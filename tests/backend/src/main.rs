@@ -89,7 +89,7 @@ impl Cut {
     /// Ends a body of [`fed_body`] after its first piece, the sender handed over.
     fn apply(self, sender: Sender<Bytes, std::io::Error>) {
         match self {
-            Self::Close => sender.abort(std::io::Error::other("injected close mid-body")),
+            Self::Close => sender.abort(std::io::Error::other("injected close mid-stream")),
             // The channel ends here, and the body of `fed_body` then waits for trailers that never come.
             Self::Stall => drop(sender),
         }
@@ -235,10 +235,10 @@ impl Backend {
             let canned = Bytes::from(self.canned(&path, &model, &json).to_string());
             match cut {
                 // Its first half, chunked (a fed body declares no length); `close` cuts streams only.
-                Some(Cut::Stall) => {
-                    let (mut sender, body) = fed_body(cut);
+                Some(cut @ Cut::Stall) => {
+                    let (mut sender, body) = fed_body(Some(cut));
                     let _ = sender.try_send(Frame::data(canned.slice(..canned.len() / 2)));
-                    Cut::Stall.apply(sender);
+                    cut.apply(sender);
                     Response::new(body)
                 }
                 _ => Response::new(full(canned)),
