@@ -31,7 +31,7 @@ use crate::routing::Router;
 
 /// What a path is, once its method is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     Health,
     ModelList,
     ChatCompletions,
@@ -78,7 +78,7 @@ impl Endpoint {
 }
 
 /// What one request learned in `request_filter`, read by the later phases.
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     started: Instant,
     endpoint: Option<Endpoint>,
     /// The body's `model`, as the caller named it.
@@ -96,7 +96,7 @@ enum Handled {
     Forward,
 }
 
-pub struct NodeProxy {
+pub(crate) struct NodeProxy {
     auth: Arc<Authenticator>,
     router: Arc<Router>,
     limits: Limits,
@@ -160,8 +160,10 @@ impl NodeProxy {
         body: Bytes,
     ) -> Result<Handled, Rejected> {
         let model = body::model_of(&body)?;
-        let route = self.router.select(&model)?;
+        let route = self.router.select(&model);
+        // Logged whether or not it is served.
         ctx.model = Some(model.into_owned());
+        let route = route?;
         let exchange = ctx.exchange.insert(
             Exchange::begin(&self.router, route, session.req_header(), body.len(), ResponseLog::default()).await?,
         );
