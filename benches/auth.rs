@@ -46,13 +46,15 @@ fn fresh_request(key: &NodeKey, with_public_key: bool) -> HeaderMap {
 
 fn verification_with<V: CurveVerifier + Default>(c: &mut Criterion, backend: &str) {
     let key = NodeKey::generate();
+    // Verification is async for the shared nonce store; the in-memory store answers at once.
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut group = c.benchmark_group(format!("verify_request/{backend}"));
     for (form, with_public_key) in [("x_public_key", true), ("x_address_cached_key", false)] {
         let auth = authenticator::<V>();
         group.bench_function(form, |b| {
             b.iter_batched(
                 || fresh_request(&key, with_public_key),
-                |headers| auth.verify(&headers, BODY, Role::Gateway).unwrap(),
+                |headers| runtime.block_on(auth.verify(&headers, BODY, Role::Gateway)).unwrap(),
                 BatchSize::SmallInput,
             )
         });
@@ -60,7 +62,7 @@ fn verification_with<V: CurveVerifier + Default>(c: &mut Criterion, backend: &st
     group.bench_function("x_address_recovered_each_time", |b| {
         b.iter_batched(
             || (authenticator::<V>(), fresh_request(&key, false)),
-            |(auth, headers)| auth.verify(&headers, BODY, Role::Gateway).unwrap(),
+            |(auth, headers)| runtime.block_on(auth.verify(&headers, BODY, Role::Gateway)).unwrap(),
             BatchSize::SmallInput,
         )
     });

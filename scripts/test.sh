@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)   # pingora's zlib-ng
 command -v curl >/dev/null || need_apt+=(curl)     # the request scripts
+command -v redis-server >/dev/null || need_apt+=(redis-server) # the shared nonce store's tests
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -14,8 +14,8 @@ use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use crate::auth::{Authenticator, DefaultCurve, NonceStore};
-use crate::config::Settings;
+use crate::auth::{Authenticator, DefaultCurve, NonceStore, SharedNonceStore};
+use crate::config::{NonceBackend, NonceCacheSettings, OnRedisUnavailable, Settings};
 use crate::keys::publicly_known;
 use crate::keys::NodeKey;
 use crate::proxy::NodeProxy;
@@ -42,13 +42,17 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     let registry = StaticRegistry::from_settings(&node.registry);
     warn_about_public_keys(&registry);
     let nonces = Arc::new(NonceStore::new(node.nonce_cache.max_entries));
-    let auth = Arc::new(Authenticator::new(
+    let auth = Authenticator::new(
         DefaultCurve::default(),
         Arc::new(registry),
         nonces.clone(),
         node.auth.max_clock_skew,
         node.nonce_cache.ttl,
-    ));
+    );
+    let auth = Arc::new(match shared_nonce_store(&node.nonce_cache) {
+        Some(store) => auth.with_shared_nonces(store),
+        None => auth,
+    });
     pingora_server.add_service(background_service(
         "nonce sweeper",
         NonceSweeper { nonces, interval: node.nonce_cache.cleanup_interval },
@@ -69,6 +73,29 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
         node_key.map_or_else(|| "not set (node.keyFile)".to_string(), |key| key.checksummed_address()),
     );
     pingora_server.run_forever()
+}
+
+/// The Redis store of `nonceCache.backend: redis`; the config check made sure it has a URL.
+fn shared_nonce_store(settings: &NonceCacheSettings) -> Option<SharedNonceStore> {
+    let redis = &settings.redis;
+    let url = redis.url.as_ref().filter(|_| settings.backend == NonceBackend::Redis)?;
+    let falls_back = redis.on_unavailable == OnRedisUnavailable::Memory;
+    match SharedNonceStore::new(url, &redis.key_prefix, redis.connect_timeout, redis.command_timeout, falls_back) {
+        Ok(store) => {
+            log::info!(
+                "nonces are recorded in the Redis at {}:{}",
+                url.host_str().unwrap_or("?"),
+                url.port().unwrap_or(6379)
+            );
+            Some(store)
+        }
+        Err(e) => {
+            // The config check opened the same URL; serving without the shared store would
+            // quietly allow replays between instances.
+            log::error!("nonceCache.redis.url: {e}");
+            std::process::exit(1)
+        }
+    }
 }
 
 /// Each open stream holds two sockets (caller and backend); a default soft limit of 1,024

@@ -4,6 +4,7 @@
 mod curve;
 mod headers;
 mod nonce;
+mod shared_nonces;
 mod signing;
 
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ pub use curve::{CurveVerifier, DefaultCurve, K256};
 use headers::{signed_message, X_ADDRESS, X_PUBLIC_KEY, X_SIGNATURE};
 pub use headers::{SignedHeaders, SigningHeader, SIGNING_HEADERS};
 pub use nonce::{NonceOutcome, NonceStore};
+pub use shared_nonces::SharedNonceStore;
+use shared_nonces::SharedOutcome;
 pub use signing::{sign_request, SigningError};
 
 /// What a signer is registered as; each route needs one.
@@ -70,6 +73,10 @@ pub enum AuthError {
     NonceReused,
     #[error("the node is holding as many recent nonces as it may (nonceCache.maxEntries); retry shortly")]
     NonceStoreFull,
+    #[error(
+        "the node cannot record the nonce: its shared nonce store (nonceCache.redis) is unavailable; retry shortly"
+    )]
+    NonceStoreUnavailable,
 }
 
 /// Bound on public keys remembered per address; only registered signers get in, so it is
@@ -83,6 +90,8 @@ pub struct Authenticator<V: CurveVerifier = DefaultCurve> {
     curve: V,
     directory: Arc<dyn SignerDirectory>,
     nonces: Arc<NonceStore>,
+    /// The store every instance shares, when `nonceCache.backend` is `redis`.
+    shared_nonces: Option<SharedNonceStore>,
     max_clock_skew: Duration,
     nonce_ttl: Duration,
     /// Public keys recovered for `X-Address` requests, so later ones verify instead of
@@ -98,7 +107,20 @@ impl<V: CurveVerifier> Authenticator<V> {
         max_clock_skew: Duration,
         nonce_ttl: Duration,
     ) -> Self {
-        Self { curve, directory, nonces, max_clock_skew, nonce_ttl, keys_by_address: RwLock::default() }
+        Self {
+            curve,
+            directory,
+            nonces,
+            shared_nonces: None,
+            max_clock_skew,
+            nonce_ttl,
+            keys_by_address: RwLock::default(),
+        }
+    }
+
+    /// Records nonces in `store`, shared with other instances, instead of this process's store.
+    pub fn with_shared_nonces(self, store: SharedNonceStore) -> Self {
+        Self { shared_nonces: Some(store), ..self }
     }
 
     pub fn nonce_store(&self) -> &Arc<NonceStore> {
@@ -106,13 +128,19 @@ impl<V: CurveVerifier> Authenticator<V> {
     }
 
     /// Authenticates a request to a route that needs `role`.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], role: Role) -> Result<Signer, AuthError> {
+    pub async fn verify(&self, headers: &HeaderMap, body: &[u8], role: Role) -> Result<Signer, AuthError> {
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        self.verify_at(headers, body, role, now_unix)
+        self.verify_at(headers, body, role, now_unix).await
     }
 
     /// [`Self::verify`] with the node's clock reading `now_unix`.
-    pub fn verify_at(&self, headers: &HeaderMap, body: &[u8], role: Role, now_unix: i64) -> Result<Signer, AuthError> {
+    pub async fn verify_at(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        role: Role,
+        now_unix: i64,
+    ) -> Result<Signer, AuthError> {
         let signed = SignedHeaders::parse(headers)?;
         let skew_secs = signed.timestamp.saturating_sub(now_unix);
         let max_secs = self.max_clock_skew.as_secs();
@@ -164,10 +192,25 @@ impl<V: CurveVerifier> Authenticator<V> {
         // Kept until the timestamp leaves the window (a future-dated request stays valid
         // longer than the TTL), and at least for nonceCache.ttl.
         let valid_for = (signed.timestamp + max_secs as i64 - now_unix).max(0) as u64;
+        self.record_nonce(address, signed.nonce, self.nonce_ttl.max(Duration::from_secs(valid_for))).await?;
+        Ok(Signer { address, role })
+    }
+
+    async fn record_nonce(&self, signer: Address, nonce: &str, keep_for: Duration) -> Result<(), AuthError> {
+        if let Some(shared) = &self.shared_nonces {
+            // Boxed: inline, the Redis command's state would grow every request's future.
+            match Box::pin(shared.record(&signer, nonce, keep_for)).await {
+                SharedOutcome::Recorded => return Ok(()),
+                SharedOutcome::Reused => return Err(AuthError::NonceReused),
+                SharedOutcome::Unavailable if !shared.falls_back_to_memory => {
+                    return Err(AuthError::NonceStoreUnavailable)
+                }
+                SharedOutcome::Unavailable => {}
+            }
+        }
         let now = Instant::now();
-        let expires = now + self.nonce_ttl.max(Duration::from_secs(valid_for));
-        match self.nonces.record(address, signed.nonce, expires, now) {
-            NonceOutcome::Recorded => Ok(Signer { address, role }),
+        match self.nonces.record(signer, nonce, now + keep_for, now) {
+            NonceOutcome::Recorded => Ok(()),
             NonceOutcome::Reused => Err(AuthError::NonceReused),
             NonceOutcome::Full => Err(AuthError::NonceStoreFull),
         }

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, ConfigErrors};
 pub use model_backend::{Backend, BackendAuth, ModelBackends, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY};
 pub use node::{
-    AuthSettings, Limits, LogSettings, NodeConfig, NonceCacheSettings, ProxySettings, RegistrySettings, StaticSigners,
+    AuthSettings, Limits, LogSettings, NodeConfig, NonceBackend, NonceCacheSettings, OnRedisUnavailable, ProxySettings,
+    RedisSettings, RegistrySettings, StaticSigners,
 };
 pub use server_conf::load_server_conf;
 pub use yaml::{format_duration, parse_address, parse_duration, parse_http_url};

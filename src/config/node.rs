@@ -68,6 +68,14 @@ impl NodeConfig {
         if nonce_cache.max_entries == 0 {
             errors.push(ConfigError::new(path, "nonceCache.maxEntries", "must be at least 1"));
         }
+        let redis_chosen = nonce_cache.backend == NonceBackend::Redis && !errors.touches("nonceCache.redis.url");
+        if redis_chosen && nonce_cache.redis.url.is_none() {
+            errors.push(ConfigError::new(
+                path,
+                "nonceCache.redis.url",
+                "is required with nonceCache.backend: redis (such as `redis://127.0.0.1:6379`)",
+            ));
+        }
         // A key with a type error has its default, which is not what the operator wrote.
         let compare_ttl = !errors.touches("nonceCache.ttl") && !errors.touches("auth.maxClockSkew");
         if compare_ttl && nonce_cache.ttl < auth.max_clock_skew {
@@ -190,7 +198,7 @@ pub struct RegistrySettings {
 }
 
 /// `nonceCache`: how long used nonces are remembered, how often expired ones are purged,
-/// and the bound on how many are held.
+/// the bound on how many are held, and where they are recorded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct NonceCacheSettings {
@@ -199,12 +207,69 @@ pub struct NonceCacheSettings {
     #[serde(deserialize_with = "yaml::positive_duration")]
     pub cleanup_interval: Duration,
     pub max_entries: usize,
+    pub backend: NonceBackend,
+    pub redis: RedisSettings,
 }
 
 impl Default for NonceCacheSettings {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(300), cleanup_interval: Duration::from_secs(60), max_entries: 1_000_000 }
+        Self {
+            ttl: Duration::from_secs(300),
+            cleanup_interval: Duration::from_secs(60),
+            max_entries: 1_000_000,
+            backend: NonceBackend::Memory,
+            redis: RedisSettings::default(),
+        }
     }
+}
+
+/// `nonceCache.backend`: this process's memory, or a Redis (or Valkey) that every instance
+/// behind one address shares, so that a request accepted by one cannot be replayed to another.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonceBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+/// `nonceCache.redis`: the shared store and what to do while it cannot be reached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` (TLS), with the password and database the URL form allows.
+    #[serde(deserialize_with = "yaml::optional_redis_url")]
+    pub url: Option<url::Url>,
+    /// Put before every key, so that several deployments can share one Redis.
+    pub key_prefix: String,
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub command_timeout: Duration,
+    pub on_unavailable: OnRedisUnavailable,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "fxn:nonce:".into(),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_millis(500),
+            on_unavailable: OnRedisUnavailable::FailClosed,
+        }
+    }
+}
+
+/// `nonceCache.redis.onUnavailable`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisUnavailable {
+    /// Refuse signed requests (503) rather than accept one whose nonce could not be recorded.
+    #[default]
+    FailClosed,
+    /// Record nonces in this process until Redis returns: replay protection is per instance meanwhile.
+    Memory,
 }
 
 /// `proxy`: timeouts and pooling of backend connections.
@@ -350,6 +415,30 @@ schedulerAddress: "0x12"
         let message = errors.to_string();
         assert!(message.contains("readTimeOut"), "{message}");
         assert!(message.contains("readTimeout"), "should list the known keys: {message}");
+    }
+
+    #[test]
+    fn redis_nonce_store_is_read_and_checked() {
+        let config = parse(
+            "nonceCache:\n  backend: redis\n  redis: {url: \"rediss://:pw@cache.internal:6380/2\", onUnavailable: memory}\n",
+        )
+        .unwrap();
+        assert_eq!(config.nonce_cache.backend, NonceBackend::Redis);
+        let redis = &config.nonce_cache.redis;
+        assert_eq!(redis.url.as_ref().map(url::Url::as_str), Some("rediss://:pw@cache.internal:6380/2"));
+        assert_eq!((redis.key_prefix.as_str(), redis.on_unavailable), ("fxn:nonce:", OnRedisUnavailable::Memory));
+
+        let errors = parse("nonceCache: {backend: redis}").unwrap_err();
+        assert_eq!(errors.keys(), ["nonceCache.redis.url"], "{errors}");
+        assert!(errors.to_string().contains("is required with nonceCache.backend: redis"), "{errors}");
+        let errors =
+            parse("nonceCache: {backend: valkey, redis: {url: \"http://x:1\", commandTimeout: 5min}}").unwrap_err();
+        assert_eq!(
+            errors.keys(),
+            ["nonceCache.backend", "nonceCache.redis.url", "nonceCache.redis.commandTimeout"],
+            "{errors}"
+        );
+        assert!(errors.to_string().contains("must start with redis:// or rediss://"), "{errors}");
     }
 
     #[test]

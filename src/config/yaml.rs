@@ -215,6 +215,25 @@ pub fn parse_http_url(text: &str) -> Result<url::Url, String> {
     Ok(parsed)
 }
 
+/// A `redis://` or `rediss://` URL with a host.
+pub fn parse_redis_url(text: &str) -> Result<url::Url, String> {
+    let parsed = url::Url::parse(text)
+        .map_err(|e| format!("`{text}` is not a URL ({e}): write one such as `redis://127.0.0.1:6379`"))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return Err(format!("`{text}` must start with redis:// or rediss:// (TLS)"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` has no host"));
+    }
+    // What the client itself refuses (a database that is not a number, say).
+    redis::Client::open(text).map_err(|e| format!("`{text}`: {e}"))?;
+    Ok(parsed)
+}
+
+pub(super) fn optional_redis_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<url::Url>, D::Error> {
+    parse_redis_url(&String::deserialize(deserializer)?).map(Some).map_err(D::Error::custom)
+}
+
 pub(super) fn optional_http_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<url::Url>, D::Error> {
     parse_http_url(&String::deserialize(deserializer)?).map(Some).map_err(D::Error::custom)
 }

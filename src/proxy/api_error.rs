@@ -36,6 +36,7 @@ pub enum ErrorCode {
     WrongRole,
     NonceReused,
     NonceStoreFull,
+    NonceStoreUnavailable,
     // Challenges.
     InvalidChallenge,
     UnknownChallengeType,
@@ -65,7 +66,7 @@ impl ErrorCode {
             BodyTooLarge => 413,
             InternalError | HttpError => 500,
             BackendUnavailable => 502,
-            NonceStoreFull => 503,
+            NonceStoreFull | NonceStoreUnavailable => 503,
             BackendTimeout => 504,
         }
     }
@@ -74,8 +75,15 @@ impl ErrorCode {
     pub fn kind(self) -> &'static str {
         use ErrorCode::*;
         match self {
-            MissingHeader | BadSignatureEncoding | StaleTimestamp | InvalidSignature | NotRegistered | WrongRole
-            | NonceReused | NonceStoreFull => "authentication_error",
+            MissingHeader
+            | BadSignatureEncoding
+            | StaleTimestamp
+            | InvalidSignature
+            | NotRegistered
+            | WrongRole
+            | NonceReused
+            | NonceStoreFull
+            | NonceStoreUnavailable => "authentication_error",
             BackendUnavailable | BackendTimeout => "upstream_error",
             HttpError | InternalError => "server_error",
             _ => "invalid_request_error",
@@ -86,7 +94,7 @@ impl ErrorCode {
     pub fn header(self) -> Option<HeaderName> {
         match self {
             Self::MethodNotAllowed => Some(header::ALLOW),
-            Self::NonceStoreFull => Some(header::RETRY_AFTER),
+            Self::NonceStoreFull | Self::NonceStoreUnavailable => Some(header::RETRY_AFTER),
             _ => None,
         }
     }
@@ -112,8 +120,8 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let header = match code {
-            // Nonces expire continuously; a second is enough for room to free up.
-            ErrorCode::NonceStoreFull => code.header().map(|name| (name, "1")),
+            // Nonces expire continuously, and the shared store reconnects at once: a second is enough.
+            ErrorCode::NonceStoreFull | ErrorCode::NonceStoreUnavailable => code.header().map(|name| (name, "1")),
             _ => None,
         };
         Self { code, status: code.status(), message: message.into(), header }
@@ -219,6 +227,7 @@ impl From<AuthError> for ApiError {
             AuthError::WrongRole(_) => ErrorCode::WrongRole,
             AuthError::NonceReused => ErrorCode::NonceReused,
             AuthError::NonceStoreFull => ErrorCode::NonceStoreFull,
+            AuthError::NonceStoreUnavailable => ErrorCode::NonceStoreUnavailable,
         };
         Self::new(code, error.to_string())
     }

@@ -149,7 +149,7 @@ impl NodeProxy {
     async fn authenticate(&self, session: &mut Session, ctx: &mut RequestCtx, role: Role) -> Result<Bytes, Rejected> {
         let body = body::read_whole(session, self.limits.max_body_bytes).await?;
         ctx.body_len = body.len();
-        ctx.signer = Some(self.auth.verify(&session.req_header().headers, &body, role)?);
+        ctx.signer = Some(self.auth.verify(&session.req_header().headers, &body, role).await?);
         Ok(body)
     }
 
