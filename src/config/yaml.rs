@@ -194,16 +194,24 @@ pub(super) fn addresses<'de, D: Deserializer<'de>>(
     Ok(parsed.into_iter().filter_map(Result::ok).collect())
 }
 
-/// An `http` or `https` URL with a host, such as a backend's base URL or an RPC endpoint.
-pub fn parse_http_url(text: &str) -> Result<url::Url, String> {
+/// A URL with a host whose scheme is one of `schemes` (the first is the plain one, shown in the
+/// example along with `example_host`).
+fn parse_url(text: &str, schemes: [&str; 2], example_host: &str) -> Result<url::Url, String> {
+    let [plain, secure] = schemes;
     let parsed = url::Url::parse(text)
-        .map_err(|e| format!("`{text}` is not a URL ({e}): write one such as `http://127.0.0.1:8000`"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("`{text}` must start with http:// or https://"));
+        .map_err(|e| format!("`{text}` is not a URL ({e}): write one such as `{plain}://{example_host}`"))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(format!("`{text}` must start with {plain}:// or {secure}:// (TLS)"));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("`{text}` has no host"));
     }
+    Ok(parsed)
+}
+
+/// An `http` or `https` URL with a host, such as a backend's base URL or an RPC endpoint.
+pub fn parse_http_url(text: &str) -> Result<url::Url, String> {
+    let parsed = parse_url(text, ["http", "https"], "127.0.0.1:8000")?;
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(format!(
             "`{text}` must not have a query or fragment: the request path and query are appended to it"
@@ -215,16 +223,9 @@ pub fn parse_http_url(text: &str) -> Result<url::Url, String> {
     Ok(parsed)
 }
 
-/// A `redis://` or `rediss://` URL with a host.
+/// A `redis://` or `rediss://` URL with a host, as the Redis client reads it.
 pub fn parse_redis_url(text: &str) -> Result<url::Url, String> {
-    let parsed = url::Url::parse(text)
-        .map_err(|e| format!("`{text}` is not a URL ({e}): write one such as `redis://127.0.0.1:6379`"))?;
-    if !matches!(parsed.scheme(), "redis" | "rediss") {
-        return Err(format!("`{text}` must start with redis:// or rediss:// (TLS)"));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("`{text}` has no host"));
-    }
+    let parsed = parse_url(text, ["redis", "rediss"], "127.0.0.1:6379")?;
     // What the client itself refuses (a database that is not a number, say).
     redis::Client::open(text).map_err(|e| format!("`{text}`: {e}"))?;
     Ok(parsed)
