@@ -14,7 +14,7 @@ use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use crate::auth::{Authenticator, DefaultCurve, NonceStore, SharedNonceStore};
+use crate::auth::{Authenticator, DefaultCurve, NonceStore, RedisServers, SharedNonceStore};
 use crate::config::{NonceBackend, NonceCacheSettings, OnRedisUnavailable, Settings};
 use crate::keys::publicly_known;
 use crate::keys::NodeKey;
@@ -75,18 +75,20 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     pingora_server.run_forever()
 }
 
-/// The Redis store of `nonceCache.backend: redis`; the config check made sure it has a URL.
+/// The Redis store of `nonceCache.backend: redis`; the config check made sure it has a URL or cluster nodes.
 fn shared_nonce_store(settings: &NonceCacheSettings) -> Option<SharedNonceStore> {
     let redis = &settings.redis;
-    let url = redis.url.as_ref().filter(|_| settings.backend == NonceBackend::Redis)?;
+    if settings.backend != NonceBackend::Redis {
+        return None;
+    }
+    let servers = match &redis.url {
+        Some(url) => RedisServers::Single(url),
+        None => RedisServers::Cluster(&redis.cluster),
+    };
     let falls_back = redis.on_unavailable == OnRedisUnavailable::Memory;
-    match SharedNonceStore::new(url, &redis.key_prefix, redis.connect_timeout, redis.command_timeout, falls_back) {
+    match SharedNonceStore::new(servers, &redis.key_prefix, redis.connect_timeout, redis.command_timeout, falls_back) {
         Ok(store) => {
-            log::info!(
-                "nonces are recorded in the Redis at {}:{}",
-                url.host_str().unwrap_or("?"),
-                url.port().unwrap_or(6379)
-            );
+            log::info!("nonces are recorded in the shared store at {}", store.server());
             Some(store)
         }
         Err(e) => {

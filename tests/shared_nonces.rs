@@ -104,3 +104,32 @@ async fn on_unavailable_memory_falls_back_to_this_instance_and_says_so() {
     assert_eq!(error_code(send(&node, &request).await).await, (401, "nonce_reused".into()));
     assert!(node.log().contains("replay protection is per instance"), "{}", node.log());
 }
+
+#[tokio::test]
+async fn a_redis_cluster_is_shared_the_same_way() {
+    let (redis, backend) = (RedisServer::start_cluster(), TestBackend::start());
+    let config = format!("nonceCache:\n  backend: redis\n  redis:\n    cluster: [\"{}\"]\n", redis.url());
+    let a = Node::start_for(&backend.url(), &config);
+    let b = Node::start_for(&backend.url(), &config);
+    let request = signed_chat();
+    assert_eq!(send(&a, &request).await.status(), 200, "{}", a.log());
+    assert_eq!(error_code(send(&b, &request).await).await, (401, "nonce_reused".into()));
+    let key = format!("fxn:nonce:{:x}:{}", gateway_key().address, request["x-nonce"].to_str().unwrap());
+    assert_eq!(redis.cli(&["EXISTS", &key]), "1", "recorded in the cluster under {key}");
+}
+
+#[tokio::test]
+async fn rediss_is_tls_checked_against_the_trusted_roots() {
+    let ((redis, cert), backend) = (RedisServer::start_tls(), TestBackend::start());
+    let config = shared_config(&format!("rediss://localhost:{}", redis.port), "");
+    // The certificate is self-signed: refused against the system roots, accepted once trusted.
+    let untrusting = Node::start_for(&backend.url(), &config);
+    assert_eq!(error_code(send(&untrusting, &signed_chat()).await).await, (503, "nonce_store_unavailable".into()));
+    drop(untrusting);
+    let models = format!("models:\n  \"fxn/test-model\":\n    url: \"{}\"\n", backend.url());
+    let trusting = Node::start_with_env(NodeFiles::new(&models, &config), "SSL_CERT_FILE", cert.display().to_string());
+    let request = signed_chat();
+    assert_eq!(send(&trusting, &request).await.status(), 200, "{}", trusting.log());
+    let key = format!("fxn:nonce:{:x}:{}", gateway_key().address, request["x-nonce"].to_str().unwrap());
+    assert_eq!(redis.cli(&["EXISTS", &key]), "1");
+}

@@ -21,8 +21,8 @@ pub use curve::{CurveVerifier, DefaultCurve, K256};
 use headers::{signed_message, X_ADDRESS, X_PUBLIC_KEY, X_SIGNATURE};
 pub use headers::{SignedHeaders, SigningHeader, SIGNING_HEADERS};
 pub use nonce::{NonceOutcome, NonceStore};
-pub use shared_nonces::SharedNonceStore;
 use shared_nonces::SharedOutcome;
+pub use shared_nonces::{RedisServers, SharedNonceStore};
 pub use signing::{sign_request, SigningError};
 
 /// What a signer is registered as; each route needs one.

@@ -68,13 +68,23 @@ impl NodeConfig {
         if nonce_cache.max_entries == 0 {
             errors.push(ConfigError::new(path, "nonceCache.maxEntries", "must be at least 1"));
         }
-        let redis_chosen = nonce_cache.backend == NonceBackend::Redis && !errors.touches("nonceCache.redis.url");
-        if redis_chosen && nonce_cache.redis.url.is_none() {
-            errors.push(ConfigError::new(
+        let redis = &nonce_cache.redis;
+        let redis_chosen = nonce_cache.backend == NonceBackend::Redis
+            && !errors.touches("nonceCache.redis.url")
+            && !errors.touches("nonceCache.redis.cluster");
+        match (redis.url.is_some(), redis.cluster.is_empty()) {
+            (false, true) if redis_chosen => errors.push(ConfigError::new(
                 path,
                 "nonceCache.redis.url",
-                "is required with nonceCache.backend: redis (such as `redis://127.0.0.1:6379`)",
-            ));
+                "is required with nonceCache.backend: redis (such as `redis://127.0.0.1:6379`), \
+                 unless nonceCache.redis.cluster lists a Redis Cluster's nodes",
+            )),
+            (true, false) => errors.push(ConfigError::new(
+                path,
+                "nonceCache.redis.cluster",
+                "and nonceCache.redis.url are alternatives: set one of them",
+            )),
+            _ => {}
         }
         // A key with a type error has its default, which is not what the operator wrote.
         let compare_ttl = !errors.touches("nonceCache.ttl") && !errors.touches("auth.maxClockSkew");
@@ -240,6 +250,9 @@ pub struct RedisSettings {
     /// `redis://` or `rediss://` (TLS), with the password and database the URL form allows.
     #[serde(deserialize_with = "yaml::optional_redis_url")]
     pub url: Option<url::Url>,
+    /// Instead of `url`: some nodes of a Redis Cluster, which tell the client the rest.
+    #[serde(deserialize_with = "yaml::redis_urls")]
+    pub cluster: Vec<url::Url>,
     /// Put before every key, so that several deployments can share one Redis.
     pub key_prefix: String,
     #[serde(deserialize_with = "yaml::positive_duration")]
@@ -253,6 +266,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
+            cluster: Vec::new(),
             key_prefix: "fxn:nonce:".into(),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
@@ -439,6 +453,11 @@ schedulerAddress: "0x12"
             "{errors}"
         );
         assert!(errors.to_string().contains("must start with redis:// or rediss://"), "{errors}");
+
+        let cluster = parse("nonceCache: {backend: redis, redis: {cluster: [\"redis://a:7000\", \"redis://b:7000\"]}}");
+        assert_eq!(cluster.unwrap().nonce_cache.redis.cluster.len(), 2);
+        let both = parse("nonceCache: {backend: redis, redis: {url: \"redis://a:1\", cluster: [\"redis://b:2\"]}}");
+        assert_eq!(both.unwrap_err().keys(), ["nonceCache.redis.cluster"]);
     }
 
     #[test]

@@ -235,6 +235,11 @@ pub(super) fn optional_redis_url<'de, D: Deserializer<'de>>(deserializer: D) -> 
     parse_redis_url(&String::deserialize(deserializer)?).map(Some).map_err(D::Error::custom)
 }
 
+pub(super) fn redis_urls<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<url::Url>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts.iter().map(|text| parse_redis_url(text)).collect::<Result<_, _>>().map_err(D::Error::custom)
+}
+
 pub(super) fn optional_http_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<url::Url>, D::Error> {
     parse_http_url(&String::deserialize(deserializer)?).map(Some).map_err(D::Error::custom)
 }

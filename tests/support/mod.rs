@@ -172,6 +172,15 @@ impl Node {
         Self::start_with(files, || Command::new(FXN))
     }
 
+    /// Starts the node with `name` set to `value` in its environment.
+    pub fn start_with_env(files: NodeFiles, name: &'static str, value: String) -> Self {
+        Self::start_with(files, move || {
+            let mut command = Command::new(FXN);
+            command.env(name, &value);
+            command
+        })
+    }
+
     /// Starts the node with the soft open-file limit lowered to `soft` (the hard one kept).
     pub fn start_with_soft_fd_limit(files: NodeFiles, soft: u64) -> Self {
         use std::os::unix::process::CommandExt;
@@ -407,6 +416,10 @@ pub fn unix_micros() -> u128 {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// The certificate of a server that speaks TLS only.
+    tls_cert: Option<PathBuf>,
+    /// A cluster node's state file, or the TLS certificate and key.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
@@ -416,12 +429,53 @@ impl RedisServer {
 
     /// Starts it on `port` (again, after [`Self::stop`]), waiting until it answers.
     pub fn start_on(port: u16) -> Self {
+        Self::spawn(port, &[], None, None)
+    }
+
+    /// A Redis Cluster of one node that holds every slot.
+    pub fn start_cluster() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = dir.path().join("nodes.conf").display().to_string();
+        let cluster = ["--cluster-enabled", "yes", "--cluster-config-file", &nodes];
+        let server = Self::spawn(free_port(), &cluster, Some(dir), None);
+        assert_eq!(server.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]), "OK");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "the one-node cluster did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// A server that speaks TLS only, with a self-signed certificate for `localhost`, returned
+    /// with the path of its PEM.
+    pub fn start_tls() -> (Self, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let certificate = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, certificate.cert.pem()).unwrap();
+        std::fs::write(&key, certificate.key_pair.serialize_pem()).unwrap();
+        let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+        let tls = ["--tls-cert-file", &cert_arg, "--tls-key-file", &key_arg, "--tls-ca-cert-file", &cert_arg];
+        let server =
+            Self::spawn(free_port(), &[&tls[..], &["--tls-auth-clients", "no"]].concat(), Some(dir), Some(&cert));
+        (server, cert)
+    }
+
+    fn spawn(port: u16, extra: &[&str], dir: Option<tempfile::TempDir>, tls_cert: Option<&Path>) -> Self {
+        let port_text = port.to_string();
+        let ports = match tls_cert {
+            Some(_) => ["--port", "0", "--tls-port", &port_text],
+            None => ["--port", &port_text, "--tls-port", "0"],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (scripts/test.sh installs it)");
-        let server = Self { port, child: Some(child) };
+        let server = Self { port, child: Some(child), tls_cert: tls_cert.map(Path::to_path_buf), _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while server.cli(&["PING"]) != "PONG" {
             assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
@@ -436,7 +490,12 @@ impl RedisServer {
 
     /// What `redis-cli` prints for `args`, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output();
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if let Some(cert) = &self.tls_cert {
+            command.args(["--tls", "--cacert"]).arg(cert);
+        }
+        let output = command.args(args).output();
         output.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
     }
 
