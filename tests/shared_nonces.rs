@@ -18,6 +18,13 @@ fn signed_chat() -> reqwest::header::HeaderMap {
     fxn_node::auth::sign_request(&gateway_key().signing_key, CHAT, now_unix(), &nonce, false).unwrap()
 }
 
+/// Two instances behind one backend, both with `config`.
+fn two_instances(config: &str) -> (TestBackend, Node, Node) {
+    let backend = TestBackend::start();
+    let (a, b) = (Node::start_for(&backend.url(), config), Node::start_for(&backend.url(), config));
+    (backend, a, b)
+}
+
 async fn send(node: &Node, headers: &reqwest::header::HeaderMap) -> reqwest::Response {
     reqwest::Client::new()
         .post(node.url("/v1/chat/completions"))
@@ -30,9 +37,8 @@ async fn send(node: &Node, headers: &reqwest::header::HeaderMap) -> reqwest::Res
 
 #[tokio::test]
 async fn request_accepted_by_one_instance_is_a_replay_to_the_other() {
-    let (redis, backend) = (RedisServer::start(), TestBackend::start());
-    let a = Node::start_for(&backend.url(), &shared_config(&redis.url(), ""));
-    let b = Node::start_for(&backend.url(), &shared_config(&redis.url(), ""));
+    let redis = RedisServer::start();
+    let (backend, a, b) = two_instances(&shared_config(&redis.url(), ""));
     let request = signed_chat();
     assert_eq!(send(&a, &request).await.status(), 200, "{}", a.log());
     assert_eq!(error_code(send(&b, &request).await).await, (401, "nonce_reused".into()));
@@ -42,9 +48,8 @@ async fn request_accepted_by_one_instance_is_a_replay_to_the_other() {
 
 #[tokio::test]
 async fn the_same_request_raced_against_both_instances_is_admitted_once() {
-    let (redis, backend) = (RedisServer::start(), TestBackend::start());
-    let a = Node::start_for(&backend.url(), &shared_config(&redis.url(), ""));
-    let b = Node::start_for(&backend.url(), &shared_config(&redis.url(), ""));
+    let redis = RedisServer::start();
+    let (backend, a, b) = two_instances(&shared_config(&redis.url(), ""));
     let request = signed_chat();
     let sends = (0..20).map(|i| send(if i % 2 == 0 { &a } else { &b }, &request));
     let statuses: Vec<u16> = futures_util::future::join_all(sends).await.iter().map(|r| r.status().as_u16()).collect();
@@ -107,10 +112,9 @@ async fn on_unavailable_memory_falls_back_to_this_instance_and_says_so() {
 
 #[tokio::test]
 async fn a_redis_cluster_is_shared_the_same_way() {
-    let (redis, backend) = (RedisServer::start_cluster(), TestBackend::start());
+    let redis = RedisServer::start_cluster();
     let config = format!("nonceCache:\n  backend: redis\n  redis:\n    cluster: [\"{}\"]\n", redis.url());
-    let a = Node::start_for(&backend.url(), &config);
-    let b = Node::start_for(&backend.url(), &config);
+    let (backend, a, b) = two_instances(&config);
     let request = signed_chat();
     assert_eq!(send(&a, &request).await.status(), 200, "{}", a.log());
     assert_eq!(error_code(send(&b, &request).await).await, (401, "nonce_reused".into()));
