@@ -49,7 +49,7 @@ async fn request_accepted_by_one_instance_is_a_replay_to_the_other() {
 #[tokio::test]
 async fn the_same_request_raced_against_both_instances_is_admitted_once() {
     let redis = RedisServer::start();
-    let (backend, a, b) = two_instances(&shared_config(&redis.url(), ""));
+    let (_backend, a, b) = two_instances(&shared_config(&redis.url(), ""));
     let request = signed_chat();
     let sends = (0..20).map(|i| send(if i % 2 == 0 { &a } else { &b }, &request));
     let statuses: Vec<u16> = futures_util::future::join_all(sends).await.iter().map(|r| r.status().as_u16()).collect();
