@@ -114,7 +114,7 @@ async fn on_unavailable_memory_falls_back_to_this_instance_and_says_so() {
 async fn a_redis_cluster_is_shared_the_same_way() {
     let redis = RedisServer::start_cluster();
     let config = format!("nonceCache:\n  backend: redis\n  redis:\n    cluster: [\"{}\"]\n", redis.url());
-    let (backend, a, b) = two_instances(&config);
+    let (_backend, a, b) = two_instances(&config);
     let request = signed_chat();
     assert_eq!(send(&a, &request).await.status(), 200, "{}", a.log());
     assert_eq!(error_code(send(&b, &request).await).await, (401, "nonce_reused".into()));
