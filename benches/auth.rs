@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request work: request verification (each header form, cached and
-//! uncached key, each curve backend), body hashing, `model` extraction and the allowlist lookup.
+//! uncached key, each curve backend, a 10,000-gateway registry static or from the chain), body hashing,
+//! `model` extraction, the allowlist lookup and a chain refresh (decode and index 10,000 gateways).
 //! Run with `cargo bench --bench auth`.
 
 use std::sync::Arc;
@@ -7,18 +8,23 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use ethers_core::types::Address;
-use fxn_node::auth::{sign_request, Authenticator, CurveVerifier, NonceStore, Role, SignerDirectory, K256};
-use fxn_node::config::{RegistrySettings, StaticSigners};
+use fxn_node::auth::{
+    sign_request, Authenticator, CurveVerifier, DefaultCurve, Membership, NonceStore, Role, SignerDirectory,
+    SignerRoles, K256,
+};
+use fxn_node::config::{NodeConfig, RegistrySettings};
 use fxn_node::keys::NodeKey;
-use fxn_node::registry::StaticRegistry;
+use fxn_node::registry::{
+    CachedRegistry, ChainRead, ChainRegistries, Directory, GatewayEntry, RegistryCalls, StaticRegistry,
+};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 struct Everyone;
 
 impl SignerDirectory for Everyone {
-    fn has_role(&self, _address: &Address, _role: Role) -> bool {
-        true
+    fn roles(&self, _address: &Address) -> SignerRoles {
+        SignerRoles { gateway: Membership::Member, scheduler: Membership::Member }
     }
 }
 
@@ -101,24 +107,95 @@ fn model_extraction(c: &mut Criterion) {
     group.finish();
 }
 
+/// Registry settings trusting `gateways` statically.
+fn static_settings(gateways: Vec<Address>) -> RegistrySettings {
+    let listed: Vec<String> = gateways.iter().map(|a| format!("\"{a:?}\"")).collect();
+    let text = format!("registry: {{static: {{gateways: [{}]}}}}", listed.join(", "));
+    NodeConfig::parse(std::path::Path::new("config.yaml"), &text).unwrap().registry
+}
+
+fn gateway_entries(count: u64) -> Vec<GatewayEntry> {
+    (0..count)
+        .map(|i| GatewayEntry {
+            owner: Address::from_low_u64_be(i + 1),
+            id: i.to_be_bytes().to_vec().into(),
+            registered_at: (1_700_000_000 + i).into(),
+            metadata: format!("{{\"url\":\"https://gateway-{i}.example.org\"}}"),
+            paused: i % 10 == 9,
+        })
+        .collect()
+}
+
 fn allowlist_lookup(c: &mut Criterion) {
     let gateways: Vec<Address> = (0..1000u32).map(|i| Address::from_low_u64_be(u64::from(i) + 1)).collect();
-    let settings = RegistrySettings {
-        router_contract: None,
-        gateway_poll_interval: Duration::from_secs(60),
-        scheduler_poll_interval: Duration::from_secs(60),
-        provider_poll_interval: Duration::from_secs(60),
-        rpc_provider: None,
-        scheduler_address: None,
-        static_signers: StaticSigners { gateways: gateways.clone(), schedulers: vec![] },
-    };
-    let registry = StaticRegistry::from_settings(&settings);
+    let directory = Directory::new(StaticRegistry::from_settings(&static_settings(gateways.clone())), None);
     let member = gateways[500];
     let stranger = Address::repeat_byte(0xee);
     c.bench_function("allowlist_lookup/1000_gateways", |b| {
-        b.iter(|| registry.has_role(&member, Role::Gateway) && !registry.has_role(&stranger, Role::Gateway))
+        b.iter(|| {
+            directory.roles(&member).gateway == Membership::Member
+                && directory.roles(&stranger).gateway == Membership::NotMember
+        })
     });
 }
 
-criterion_group!(benches, verification, body_hash, model_extraction, allowlist_lookup);
+/// A refresh's own work: decoding `getActiveGatewaysLive()` and indexing the snapshot.
+fn chain_registry_refresh(c: &mut Criterion) {
+    let answer = RegistryCalls::encode_gateways(&gateway_entries(10_000));
+    let calls = RegistryCalls::default();
+    let cache = CachedRegistry::new(None);
+    let mut group = c.benchmark_group("chain_registry");
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("decode_and_index_10000_gateways", |b| {
+        b.iter(|| {
+            let entries = calls.decode_gateways(&answer).unwrap();
+            cache.store(ChainRead { registry: Address::repeat_byte(1), block: 1, entries })
+        })
+    });
+    group.finish();
+}
+
+/// The verify path of a gateway found in a 10,000-entry chain registry, against the same
+/// gateway in a 10,000-entry static list.
+fn verification_by_registry(c: &mut Criterion) {
+    let key = NodeKey::generate();
+    let mut entries = gateway_entries(9_999);
+    entries.push(GatewayEntry { owner: key.address, ..entries[0].clone() });
+    let chain = Arc::new(ChainRegistries::new(None, None));
+    chain.gateways.store(ChainRead { registry: Address::repeat_byte(1), block: 1, entries: entries.clone() });
+    let on_chain = Directory::new(StaticRegistry::default(), Some(chain));
+    let listed = Directory::new(
+        StaticRegistry::from_settings(&static_settings(entries.iter().map(|e| e.owner).collect())),
+        None,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut group = c.benchmark_group("verify_request/registry");
+    for (name, directory) in [("static_10000", listed), ("chain_10000", on_chain)] {
+        let auth = Authenticator::new(
+            DefaultCurve::default(),
+            Arc::new(directory),
+            Arc::new(NonceStore::new(10_000_000)),
+            Duration::from_secs(300),
+            Duration::from_secs(300),
+        );
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || fresh_request(&key, false),
+                |headers| runtime.block_on(auth.verify(&headers, BODY, Role::Gateway)).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    verification,
+    body_hash,
+    model_extraction,
+    allowlist_lookup,
+    chain_registry_refresh,
+    verification_by_registry
+);
 criterion_main!(benches);

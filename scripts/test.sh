@@ -7,14 +7,19 @@ need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)   # pingora's zlib-ng
 command -v curl >/dev/null || need_apt+=(curl)     # the request scripts
 command -v redis-server >/dev/null || need_apt+=(redis-server) # the shared nonce store's tests
+command -v npm >/dev/null || need_apt+=(npm)       # anvil and solc for the chain tests
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# The independent signer (eth-account) and the official OpenAI client the tests drive the node with.
+# The independent signer and ABI decoder (eth-account, eth-abi) and the official OpenAI client
+# the tests drive the node with.
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-    "eth-account>=0.13,<0.15" "openai>=1.50,<4" "httpx>=0.27,<1"
+    "eth-account>=0.13,<0.15" "eth-abi>=5,<7" "openai>=1.50,<4" "httpx>=0.27,<1"
+# The chain tests' anvil and solc (npm), into tests/contracts/node_modules (ignored by git).
+[ -x tests/contracts/node_modules/.bin/solcjs ] && [ -d tests/contracts/node_modules/@foundry-rs/anvil-linux-amd64 ] ||
+    npm ci --prefix tests/contracts --no-audit --no-fund --loglevel=error >/dev/null
 
 cargo fmt --all --check
 # The test backend is a crate of its own; the node's tests start its binary.

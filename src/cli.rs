@@ -31,6 +31,11 @@ enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Read the on-chain registries once, as the node would.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
     /// Print the signed-request headers for a body, one `Name: value` per line (for curl -H).
     /// The key comes from --key-file or the PRIVATE_KEY environment variable.
     Sign(SignArgs),
@@ -52,6 +57,17 @@ enum AccountsCommand {
     Show {
         #[arg(value_name = "PATH")]
         path: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Print the Router's registries, the chain's id and block, every active gateway and
+    /// provider, and whether this node's own address is registered.
+    Show {
+        /// The node config (its rpcProvider, registry and node.keyFile).
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
 }
 
@@ -115,6 +131,7 @@ pub fn run() -> ExitCode {
         Command::Config { command: ConfigCommand::Check(args) } => check(args),
         Command::Accounts { command: AccountsCommand::New { out, force } } => accounts_new(&out, force),
         Command::Accounts { command: AccountsCommand::Show { path } } => accounts_show(&path),
+        Command::Registry { command: RegistryCommand::Show { config } } => registry_show(&config),
         Command::Sign(args) => sign(args),
     }
 }
@@ -175,6 +192,32 @@ fn sign(args: SignArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e.to_string()),
+    }
+}
+
+fn registry_show(path: &Path) -> ExitCode {
+    let node = match config::NodeConfig::load(path) {
+        Ok(node) => node,
+        Err(errors) => return report_config_errors(&errors),
+    };
+    let own_address = match node.key_file.as_deref().map(NodeKey::load).transpose() {
+        Ok(key) => key.map(|key| key.address),
+        Err(e) => return fail(format!("node.keyFile: {e}")),
+    };
+    let reader = match crate::registry::ChainReader::new(&node.registry) {
+        Ok(Some(reader)) => reader,
+        Ok(None) => {
+            return fail(format!("{}: rpcProvider is empty: the node trusts registry.static alone", path.display()))
+        }
+        Err(e) => return fail(format!("rpcProvider: {e}")),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(e),
+    };
+    match runtime.block_on(crate::registry::show::print(&reader, own_address)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use ethers_core::types::Address;
 use ethers_core::utils::to_checksum;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -15,11 +16,11 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::auth::{Authenticator, DefaultCurve, NonceStore, RedisServers, SharedNonceStore};
-use crate::config::{NonceBackend, NonceCacheSettings, OnRedisUnavailable, Settings};
+use crate::config::{NonceBackend, NonceCacheSettings, OnRedisUnavailable, RegistrySettings, Settings};
 use crate::keys::publicly_known;
 use crate::keys::NodeKey;
 use crate::proxy::NodeProxy;
-use crate::registry::StaticRegistry;
+use crate::registry::{ChainReader, ChainRegistries, Directory, RegistryRefresher, StaticRegistry};
 use crate::routing::Router;
 
 /// Callers' connections read straight into Pingora's header and body buffers. Pingora's default
@@ -39,12 +40,14 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     pingora_server.bootstrap();
     raise_open_file_limit();
 
-    let registry = StaticRegistry::from_settings(&node.registry);
-    warn_about_public_keys(&registry);
+    let static_signers = StaticRegistry::from_settings(&node.registry);
+    warn_about_public_keys(&static_signers);
+    let own_address = node_key.as_ref().map(|key| key.address);
+    let chain = chain_registries(&node.registry, own_address, &mut pingora_server);
     let nonces = Arc::new(NonceStore::new(node.nonce_cache.max_entries));
     let auth = Authenticator::new(
         DefaultCurve::default(),
-        Arc::new(registry),
+        Arc::new(Directory::new(static_signers, chain)),
         nonces.clone(),
         node.auth.max_clock_skew,
         node.nonce_cache.ttl,
@@ -73,6 +76,35 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
         node_key.map_or_else(|| "not set (node.keyFile)".to_string(), |key| key.checksummed_address()),
     );
     pingora_server.run_forever()
+}
+
+/// The chain registries and the service that refreshes them, when `rpcProvider` is set.
+fn chain_registries(
+    settings: &RegistrySettings,
+    own_address: Option<Address>,
+    pingora_server: &mut Server,
+) -> Option<Arc<ChainRegistries>> {
+    let reader = match ChainReader::new(settings) {
+        Ok(reader) => reader?,
+        Err(e) => {
+            log::error!("rpcProvider: {e}");
+            std::process::exit(1)
+        }
+    };
+    let registries = Arc::new(ChainRegistries::new(settings.max_staleness, own_address));
+    log::info!(
+        "trusting the gateways of the chain at {} through the Router {} (and registry.static)",
+        reader.endpoint(),
+        to_checksum(&reader.router(), None)
+    );
+    let refresher = RegistryRefresher::new(
+        Arc::new(reader),
+        registries.clone(),
+        settings.gateway_poll_interval,
+        settings.provider_poll_interval,
+    );
+    pingora_server.add_service(background_service("registry refresher", refresher));
+    Some(registries)
 }
 
 /// The Redis store of `nonceCache.backend: redis`; the config check made sure it has a URL or cluster nodes.

@@ -41,9 +41,54 @@ impl fmt::Display for Role {
     }
 }
 
-/// Who is registered as what. The registries implement it (static lists now, the chain later).
+impl Role {
+    fn other(self) -> Self {
+        match self {
+            Self::Gateway => Self::Scheduler,
+            Self::Scheduler => Self::Gateway,
+        }
+    }
+}
+
+/// Whether a registry lists a signer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Member,
+    NotMember,
+    /// The registry has not loaded yet, or its last load is older than `registry.maxStaleness`.
+    Unavailable,
+}
+
+impl From<bool> for Membership {
+    /// Listed or not, in a registry that is always loaded (a static list).
+    fn from(listed: bool) -> Self {
+        if listed {
+            Self::Member
+        } else {
+            Self::NotMember
+        }
+    }
+}
+
+/// What one signer is registered as, in every registry at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignerRoles {
+    pub gateway: Membership,
+    pub scheduler: Membership,
+}
+
+impl SignerRoles {
+    pub fn get(&self, role: Role) -> Membership {
+        match role {
+            Role::Gateway => self.gateway,
+            Role::Scheduler => self.scheduler,
+        }
+    }
+}
+
+/// Who is registered as what: one lookup per request (`registry::Directory`).
 pub trait SignerDirectory: Send + Sync {
-    fn has_role(&self, address: &Address, role: Role) -> bool;
+    fn roles(&self, address: &Address) -> SignerRoles;
 }
 
 /// An authenticated caller.
@@ -69,6 +114,8 @@ pub enum AuthError {
     NotRegistered,
     #[error("signer is registered, but not as a {0}")]
     WrongRole(Role),
+    #[error("the {0} registry is not loaded (the chain has not answered yet, or longer than registry.maxStaleness); retry shortly")]
+    RegistryUnavailable(Role),
     #[error("nonce already used")]
     NonceReused,
     #[error("the node is holding as many recent nonces as it may (nonceCache.maxEntries); retry shortly")]
@@ -217,17 +264,12 @@ impl<V: CurveVerifier> Authenticator<V> {
     }
 
     fn authorize(&self, address: &Address, role: Role) -> Result<(), AuthError> {
-        if self.directory.has_role(address, role) {
-            return Ok(());
-        }
-        let other = match role {
-            Role::Gateway => Role::Scheduler,
-            Role::Scheduler => Role::Gateway,
-        };
-        if self.directory.has_role(address, other) {
-            Err(AuthError::WrongRole(role))
-        } else {
-            Err(AuthError::NotRegistered)
+        let roles = self.directory.roles(address);
+        match (roles.get(role), roles.get(role.other())) {
+            (Membership::Member, _) => Ok(()),
+            (_, Membership::Member) => Err(AuthError::WrongRole(role)),
+            (Membership::Unavailable, _) => Err(AuthError::RegistryUnavailable(role)),
+            (Membership::NotMember, _) => Err(AuthError::NotRegistered),
         }
     }
 

@@ -17,10 +17,10 @@ struct Directory {
 }
 
 impl SignerDirectory for Directory {
-    fn has_role(&self, address: &Address, role: Role) -> bool {
-        match role {
-            Role::Gateway => self.gateways.contains(address),
-            Role::Scheduler => self.schedulers.contains(address),
+    fn roles(&self, address: &Address) -> SignerRoles {
+        SignerRoles {
+            gateway: self.gateways.contains(address).into(),
+            scheduler: self.schedulers.contains(address).into(),
         }
     }
 }

@@ -15,7 +15,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model_backend::{Backend, BackendAuth, ModelBackends, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY};
 pub use node::{
     AuthSettings, Limits, LogSettings, NodeConfig, NonceBackend, NonceCacheSettings, OnRedisUnavailable, ProxySettings,
-    RedisSettings, RegistrySettings, StaticSigners,
+    RedisSettings, RegistrySettings, RpcSettings, StaticSigners,
 };
 pub use server_conf::load_server_conf;
 pub use yaml::{format_duration, parse_address, parse_duration, parse_http_url};

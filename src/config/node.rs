@@ -86,6 +86,18 @@ impl NodeConfig {
             )),
             _ => {}
         }
+        let chain_wanted = rpc_provider.0.is_some() && !errors.touches("registry.routerSmartContractAddress");
+        if chain_wanted && registry_section.router_smart_contract_address.is_none() {
+            errors.push(ConfigError::new(
+                path,
+                "registry.routerSmartContractAddress",
+                "is required when rpcProvider is set: the Router contract the gateway and provider \
+                 registries are found through (or leave rpcProvider empty to trust registry.static alone)",
+            ));
+        }
+        if registry_section.rpc.max_response_bytes == 0 {
+            errors.push(ConfigError::new(path, "registry.rpc.maxResponseBytes", "must be at least 1 byte"));
+        }
         // A key with a type error has its default, which is not what the operator wrote.
         let compare_ttl = !errors.touches("nonceCache.ttl") && !errors.touches("auth.maxClockSkew");
         if compare_ttl && nonce_cache.ttl < auth.max_clock_skew {
@@ -111,6 +123,9 @@ impl NodeConfig {
                 rpc_provider: rpc_provider.0,
                 scheduler_address: scheduler.0,
                 static_signers: registry_section.static_signers,
+                chain_id: registry_section.chain_id,
+                max_staleness: registry_section.max_staleness,
+                rpc: registry_section.rpc,
             },
             nonce_cache,
             proxy,
@@ -164,6 +179,36 @@ struct RegistrySection {
     provider: PollSection,
     #[serde(rename = "static")]
     static_signers: StaticSigners,
+    chain_id: Option<u64>,
+    #[serde(deserialize_with = "yaml::optional_positive_duration")]
+    max_staleness: Option<Duration>,
+    rpc: RpcSettings,
+}
+
+/// `registry.rpc`: how the JSON-RPC endpoint of `rpcProvider` is called.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct RpcSettings {
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub connect_timeout: Duration,
+    /// The longest one call may take, connecting and reading the whole answer included.
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub timeout: Duration,
+    /// Further tries of a call that failed on the way (connection, timeout, HTTP 5xx or 429).
+    pub retries: u32,
+    /// Answers larger than this are refused rather than read.
+    pub max_response_bytes: usize,
+}
+
+impl Default for RpcSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+            retries: 2,
+            max_response_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -198,6 +243,7 @@ struct SchedulerAddress(#[serde(deserialize_with = "yaml::optional_address")] Op
 /// `registry`, `rpcProvider` and `schedulerAddress`: where the trusted signers come from.
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
+    /// The Router the chain registries are found through; always set when `rpc_provider` is.
     pub router_contract: Option<Address>,
     pub gateway_poll_interval: Duration,
     pub scheduler_poll_interval: Duration,
@@ -205,6 +251,11 @@ pub struct RegistrySettings {
     pub rpc_provider: Option<url::Url>,
     pub scheduler_address: Option<Address>,
     pub static_signers: StaticSigners,
+    /// When set, an RPC that serves another chain is refused.
+    pub chain_id: Option<u64>,
+    /// When set, a registry whose last good load is older is not trusted.
+    pub max_staleness: Option<Duration>,
+    pub rpc: RpcSettings,
 }
 
 /// `nonceCache`: how long used nonces are remembered, how often expired ones are purged,
@@ -476,6 +527,33 @@ schedulerAddress: "0x12"
         assert_eq!(
             keys,
             ["node.listenAddress", "nonceCache.maxEntries", "node.listenPort", "nonceCache.ttl"],
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn chain_settings_are_read_and_checked() {
+        // Empty rpcProvider: no chain, as the shipped config.yaml has it.
+        let config = parse("rpcProvider: \"\"").unwrap();
+        assert!(config.registry.rpc_provider.is_none());
+        let errors = parse("rpcProvider: \"https://rpc.example.org/v3/KEY\"").unwrap_err();
+        assert_eq!(errors.keys(), ["registry.routerSmartContractAddress"], "{errors}");
+        assert!(errors.to_string().contains("is required when rpcProvider is set"), "{errors}");
+        let config = parse(
+            "rpcProvider: \"http://127.0.0.1:8545\"\nregistry:\n  routerSmartContractAddress: \"0x63bb292Cf4C94c4FE34756D650b66cdb34E376bB\"\n  \
+             chainId: 8453\n  maxStaleness: 10m\n  rpc: {timeout: 3s, retries: 5, maxResponseBytes: 1000}\n",
+        )
+        .unwrap();
+        let registry = config.registry;
+        assert_eq!((registry.chain_id, registry.max_staleness), (Some(8453), Some(Duration::from_secs(600))));
+        assert_eq!((registry.rpc.timeout, registry.rpc.retries), (Duration::from_secs(3), 5));
+        assert_eq!(registry.rpc.connect_timeout, Duration::from_secs(5), "default kept");
+        let errors =
+            parse("registry: {chainId: -1, maxStaleness: 0s, rpc: {maxResponseBytes: 0, retries: many}}").unwrap_err();
+        let keys = errors.keys();
+        assert_eq!(
+            keys,
+            ["registry.chainId", "registry.maxStaleness", "registry.rpc.retries", "registry.rpc.maxResponseBytes"],
             "{errors}"
         );
     }

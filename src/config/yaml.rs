@@ -161,6 +161,12 @@ pub(super) fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> R
     Ok(parsed)
 }
 
+pub(super) fn optional_positive_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    positive_duration(deserializer).map(Some)
+}
+
 pub fn parse_address(text: &str) -> Result<ethers_core::types::Address, String> {
     let hex_digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
     if hex_digits.len() != 40 || !hex_digits.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -240,8 +246,13 @@ pub(super) fn redis_urls<'de, D: Deserializer<'de>>(deserializer: D) -> Result<V
     texts.iter().map(|text| parse_redis_url(text)).collect::<Result<_, _>>().map_err(D::Error::custom)
 }
 
+/// An empty string means none, as in the shipped `config.yaml` (`rpcProvider: ""`).
 pub(super) fn optional_http_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<url::Url>, D::Error> {
-    parse_http_url(&String::deserialize(deserializer)?).map(Some).map_err(D::Error::custom)
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_http_url(&text).map(Some).map_err(D::Error::custom)
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub enum ErrorCode {
     NonceReused,
     NonceStoreFull,
     NonceStoreUnavailable,
+    RegistryUnavailable,
     // Challenges.
     InvalidChallenge,
     UnknownChallengeType,
@@ -66,7 +67,7 @@ impl ErrorCode {
             BodyTooLarge => 413,
             InternalError | HttpError => 500,
             BackendUnavailable => 502,
-            NonceStoreFull | NonceStoreUnavailable => 503,
+            NonceStoreFull | NonceStoreUnavailable | RegistryUnavailable => 503,
             BackendTimeout => 504,
         }
     }
@@ -83,7 +84,8 @@ impl ErrorCode {
             | WrongRole
             | NonceReused
             | NonceStoreFull
-            | NonceStoreUnavailable => "authentication_error",
+            | NonceStoreUnavailable
+            | RegistryUnavailable => "authentication_error",
             BackendUnavailable | BackendTimeout => "upstream_error",
             HttpError | InternalError => "server_error",
             _ => "invalid_request_error",
@@ -94,7 +96,7 @@ impl ErrorCode {
     pub fn header(self) -> Option<HeaderName> {
         match self {
             Self::MethodNotAllowed => Some(header::ALLOW),
-            Self::NonceStoreFull | Self::NonceStoreUnavailable => Some(header::RETRY_AFTER),
+            Self::NonceStoreFull | Self::NonceStoreUnavailable | Self::RegistryUnavailable => Some(header::RETRY_AFTER),
             _ => None,
         }
     }
@@ -122,6 +124,8 @@ impl ApiError {
         let header = match code {
             // Nonces expire continuously, and the shared store reconnects at once: a second is enough.
             ErrorCode::NonceStoreFull | ErrorCode::NonceStoreUnavailable => code.header().map(|name| (name, "1")),
+            // A registry that is not loaded is retried every few seconds (registry/refresh.rs).
+            ErrorCode::RegistryUnavailable => code.header().map(|name| (name, "5")),
             _ => None,
         };
         Self { code, status: code.status(), message: message.into(), header }
@@ -228,6 +232,7 @@ impl From<AuthError> for ApiError {
             AuthError::NonceReused => ErrorCode::NonceReused,
             AuthError::NonceStoreFull => ErrorCode::NonceStoreFull,
             AuthError::NonceStoreUnavailable => ErrorCode::NonceStoreUnavailable,
+            AuthError::RegistryUnavailable(_) => ErrorCode::RegistryUnavailable,
         };
         Self::new(code, error.to_string())
     }

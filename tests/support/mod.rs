@@ -81,6 +81,9 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The node key file's name in [`NodeFiles`]'s directory.
+const NODE_KEY_FILE: &str = "node_key.json";
+
 /// The node's three files in a temporary directory.
 pub struct NodeFiles {
     pub dir: tempfile::TempDir,
@@ -109,12 +112,23 @@ impl NodeFiles {
         files
     }
 
+    /// Writes `key` as the node's own key file and config.yaml naming it.
+    pub fn with_node_key(mut self, key: &fxn_node::keys::NodeKey) -> Self {
+        key.write(&self.path(NODE_KEY_FILE), false).unwrap();
+        self.pick_port();
+        self
+    }
+
     /// Writes config.yaml listening on a port free right now.
     fn pick_port(&mut self) {
         self.port = free_port();
         let config_extra = std::fs::read_to_string(self.path("config_extra.yaml")).unwrap();
+        // A key file the test wrote is the node's own (node.keyFile).
+        let key_file = self.path(NODE_KEY_FILE);
+        let key_file =
+            if key_file.exists() { format!("  keyFile: \"{}\"\n", key_file.display()) } else { String::new() };
         let config = format!(
-            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\nlogger:\n  verbosity: debug\n\
+            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\n{key_file}logger:\n  verbosity: debug\n\
              registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
             self.port,
             gateway_key().address,
