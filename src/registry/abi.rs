@@ -113,6 +113,11 @@ impl Call {
     }
 
     fn decode<T: Tokenizable>(&self, answer: &[u8]) -> Result<T, DecodeError> {
+        // ABI encoding is whole 32-byte words; the decoder would accept a cut-off padding.
+        if !answer.len().is_multiple_of(32) {
+            let why = format!("the {}-byte answer is not whole 32-byte words of a {}", answer.len(), self.outputs());
+            return Err(DecodeError(why));
+        }
         let mut tokens = self.function.decode_output(answer).map_err(|e| {
             DecodeError(format!("the {}-byte answer is not an ABI-encoded {}: {e}", answer.len(), self.outputs()))
         })?;
@@ -264,10 +269,11 @@ mod tests {
             ("odd length", good[..good.len() - 1].to_vec()),
             ("huge array length", huge_length),
             ("offset past the end", far_offset),
-            ("an address", vec![0; 32]),
+            ("an address", [&[0u8; 12][..], &[0x11; 20]].concat()),
         ] {
             let error = calls.decode_gateways(&answer).expect_err(name);
             assert!(error.to_string().contains("(address,bytes,uint256,string,bool)[]"), "{name}: {error}");
+            assert!(error.to_string().contains(&format!("{}-byte answer", answer.len())), "{name}: {error}");
         }
         // A providers' answer is not a gateways' answer.
         assert!(calls.decode_providers(&good).is_err());
