@@ -264,6 +264,7 @@ fn check(args: CheckArgs) -> ExitCode {
                 paths.model_backend.display(),
                 paths.server_conf.display()
             );
+            println!("{}: read in {}", paths.model_backend.display(), settings.models.form);
             ExitCode::SUCCESS
         }
         Err(errors) => report_config_errors(&errors),

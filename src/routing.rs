@@ -1,16 +1,18 @@
 //! Model → backend routing: picks the backend for a request's `model` and builds the Pingora peer
-//! for it, resolving its host without blocking. What is sent to the backend is `proxy::upstream`'s.
+//! for it, resolving its host without blocking; lists the models served. What is sent to the
+//! backend is `proxy::upstream`'s.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::upstreams::peer::{HttpPeer, ALPN};
 use url::Host;
 
-use crate::config::{Backend, BackendAuth, ModelBackends, ProxySettings};
+use crate::config::{Backend, BackendAuth, ModelBackends, ProxySettings, DEFAULT_MODEL_ENTRY};
 
 /// How long a resolved backend address is reused before its name is looked up again.
 const RESOLVED_ADDRESS_TTL: Duration = Duration::from_secs(30);
@@ -37,6 +39,12 @@ pub struct ModelRoute {
     pub(crate) base_path: String,
     pub(crate) host_header: HeaderValue,
     pub(crate) credential: Option<(HeaderName, HeaderValue)>,
+    /// The backend's name for the model (`alias`), as the JSON string put in place of the
+    /// body's `model`; encoded once here rather than per request.
+    pub(crate) alias_json: Option<Bytes>,
+    /// The network's model id this entry is registered for (`fxn_id`), to compare with the
+    /// `modelId` the ProviderRegistry holds for this node.
+    pub fxn_id: Option<String>,
 }
 
 impl ModelRoute {
@@ -67,6 +75,8 @@ impl ModelRoute {
             // Validated URL hosts are always valid header values.
             host_header: HeaderValue::try_from(host_header).unwrap_or(HeaderValue::from_static("localhost")),
             credential,
+            alias_json: backend.alias.as_deref().map(|alias| Bytes::from(serde_json::Value::from(alias).to_string())),
+            fxn_id: backend.fxn_id.clone(),
         }
     }
 }
@@ -98,10 +108,7 @@ impl Router {
             .collect();
         Self {
             routes,
-            default: backends
-                .default
-                .as_ref()
-                .map(|backend| Arc::new(ModelRoute::new(crate::config::DEFAULT_MODEL_ENTRY, backend))),
+            default: backends.default.as_ref().map(|backend| Arc::new(ModelRoute::new(DEFAULT_MODEL_ENTRY, backend))),
             served: backends.names().map(str::to_owned).collect(),
             timeouts: PeerTimeouts {
                 connect: proxy.connect_timeout,
@@ -176,18 +183,33 @@ impl Router {
         self.resolved.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `GET /v1/models`: the models this node serves, in OpenAI's list shape.
+    /// Every entry: the named ones in name order, then `default`. Each carries its `fxn_id`, for
+    /// comparing with the ProviderRegistry's `modelId` of this node.
+    pub fn entries(&self) -> impl Iterator<Item = &ModelRoute> {
+        self.served.iter().filter_map(|name| self.routes.get(name)).chain(&self.default).map(|route| &**route)
+    }
+
+    /// `GET /v1/models`: the models this node serves, in the shape the network's node answers.
+    /// The `default` entry serves any name, so it is listed only by its network id, as the
+    /// network's single-backend node lists itself.
     pub fn model_list(&self) -> serde_json::Value {
         let data: Vec<_> = self
-            .served
-            .iter()
-            .map(|id| {
-                serde_json::json!({
+            .entries()
+            .filter_map(|route| {
+                let id = match route.entry.as_str() {
+                    DEFAULT_MODEL_ENTRY => route.fxn_id.as_deref()?,
+                    name => name,
+                };
+                let mut model = serde_json::json!({
                     "id": id,
                     "object": "model",
                     "created": self.created_unix,
                     "owned_by": "fxn",
-                })
+                });
+                if let Some(fxn_id) = &route.fxn_id {
+                    model["fxn_id"] = fxn_id.as_str().into();
+                }
+                Some(model)
             })
             .collect();
         serde_json::json!({ "object": "list", "data": data })
@@ -217,6 +239,26 @@ mod tests {
         let router = router("models: {a: {url: 'http://127.0.0.1:1'}, default: {url: 'http://127.0.0.1:2'}}");
         assert_eq!(router.select("zzz").unwrap().entry, "default");
         assert_eq!(router.model_list()["data"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn model_list_gives_network_ids_where_configured() {
+        let router = router(
+            "models: {b: {url: 'http://127.0.0.1:1', fxn_id: '7', alias: 'bee'}, a: {url: 'http://127.0.0.1:1'}, \
+             default: {url: 'http://127.0.0.1:2', fxn_id: 2}}",
+        );
+        let list = router.model_list();
+        assert_eq!(list["object"], "list");
+        let data = list["data"].as_array().unwrap();
+        let ids: Vec<_> = data.iter().map(|m| (m["id"].as_str().unwrap(), m.get("fxn_id"))).collect();
+        assert_eq!(ids, [("a", None), ("b", Some(&"7".into())), ("2", Some(&"2".into()))]);
+        for model in data {
+            assert_eq!((&model["object"], &model["owned_by"]), (&"model".into(), &"fxn".into()));
+            assert!(model["created"].as_u64().unwrap() > 1_600_000_000);
+        }
+        let fxn_ids: Vec<_> = router.entries().map(|r| (r.entry.as_str(), r.fxn_id.as_deref())).collect();
+        assert_eq!(fxn_ids, [("a", None), ("b", Some("7")), ("default", Some("2"))]);
+        assert_eq!(router.select("b").unwrap().alias_json.as_deref(), Some(&b"\"bee\""[..]));
     }
 
     #[tokio::test]

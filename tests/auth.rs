@@ -17,21 +17,6 @@ async fn error_of(response: reqwest::Response) -> (u16, String) {
     (status, error["code"].as_str().unwrap_or_default().to_string())
 }
 
-fn python(args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(args[0]);
-    let output = Command::new("python3")
-        .arg(script)
-        .args(&args[1..])
-        .output()
-        .expect("python3 (scripts/test.sh installs what these tests need)");
-    assert!(
-        output.status.success(),
-        "python {args:?} failed (scripts/test.sh installs eth-account and openai):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn unauthenticated_requests_never_reach_the_backend() {
     let backend = TestBackend::start();

@@ -79,6 +79,53 @@ fn check_reports_every_type_error_of_a_section() {
 }
 
 #[test]
+fn check_says_which_form_of_model_backend_yaml_it_read() {
+    let flat =
+        "backendProvider: \"vllm\"\nfxnId: \"2\"\napiKey: \"\"\nmodelNameAlias: \"Qwen/Qwen2.5-7B-Instruct-AWQ\"\n";
+    for (text, form) in [
+        ("models:\n  m: {url: \"http://127.0.0.1:9\", alias: \"served-name\", fxn_id: 3}\n", "the map form (`models`)"),
+        (flat, "the flat form (`backendProvider: vllm`), as one `default` entry"),
+    ] {
+        let (code, stdout, stderr) = check(&NodeFiles::new(text, ""));
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains(&format!("model_backend.yaml: read in {form}")), "{stdout}");
+    }
+}
+
+#[test]
+fn each_bad_model_backend_yaml_names_its_key() {
+    for (text, expected) in [
+        (
+            "models:\n  m: {url: \"http://127.0.0.1:9\"}\nbackendProvider: custom\nurl: \"http://127.0.0.1:9\"\n",
+            &[
+                "model_backend.yaml: `backendProvider`: belongs to the flat form",
+                "model_backend.yaml: `url`: belongs to the flat form",
+            ][..],
+        ),
+        (
+            "backendProvider: tgi\nurl: \"http://127.0.0.1:9\"\n",
+            &["model_backend.yaml: `backendProvider`: unknown variant `tgi`"],
+        ),
+        (
+            "backendProvider: custom\napiKey: k\n",
+            &["model_backend.yaml: `url`: missing: `backendProvider: custom` needs the backend's `url`"],
+        ),
+        ("backendProvider: fxn\nurl: \"\"\n", &["model_backend.yaml: `url`: missing: `backendProvider: fxn`"]),
+        ("url: \"http://127.0.0.1:9\"\n", &["model_backend.yaml: `backendProvider`: missing"]),
+        (
+            "models:\n  m: {url: \"http://127.0.0.1:9\", alias: \"\"}\n",
+            &["model_backend.yaml: `models.m.alias`: must not be empty"],
+        ),
+    ] {
+        let (code, _, stderr) = check(&NodeFiles::new(text, ""));
+        assert_eq!(code, 1, "{text}");
+        for expected in expected {
+            assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        }
+    }
+}
+
+#[test]
 fn missing_files_are_named() {
     let files = NodeFiles::new(GOOD_MODELS, "");
     std::fs::remove_file(files.path("model_backend.yaml")).unwrap();

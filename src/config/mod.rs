@@ -12,7 +12,9 @@ mod yaml;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors};
-pub use model_backend::{Backend, BackendAuth, ModelBackends, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY};
+pub use model_backend::{
+    Backend, BackendAuth, BackendProvider, FileForm, ModelBackends, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY,
+};
 pub use node::{
     AuthSettings, Limits, LogSettings, NodeConfig, NonceBackend, NonceCacheSettings, OnRedisUnavailable, ProxySettings,
     RedisSettings, RegistrySettings, RpcSettings, StaticSigners,

@@ -1,13 +1,11 @@
 //! The request body: read whole (bounded by `limits.maxBodyBytes`) so that it can be hashed,
 //! routed by its `model` and forwarded byte-identical.
 
-use std::borrow::Cow;
-
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
-use serde::Deserialize;
 
 use super::api_error::{ApiError, ErrorCode, Rejected};
+use super::model_field::{self, ModelField, ModelFieldError};
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
@@ -51,25 +49,18 @@ pub(crate) async fn read_whole(session: &mut Session, limit: usize) -> Result<By
     Ok(if rest.is_empty() { first.unwrap_or_default() } else { rest.freeze() })
 }
 
-#[derive(Deserialize)]
-struct ModelField<'a> {
-    #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
-}
-
-/// The top-level `model` of a JSON request body, borrowed from it unless it has escapes.
-pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
-    let parsed: ModelField = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::new(
-            ErrorCode::InvalidModel,
-            format!("the body must be a JSON object whose `model` is a string ({e})"),
-        ),
-        _ => ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON ({e})")),
-    })?;
-    match parsed.model {
-        Some(model) if !model.is_empty() => Ok(model),
-        _ => Err(ApiError::new(ErrorCode::MissingModel, "the body has no `model`: name the model to run")),
-    }
+/// The top-level `model` of a JSON request body, with where its value sits (see [`model_field`]).
+pub fn model_of(body: &[u8]) -> Result<ModelField<'_>, ApiError> {
+    model_field::locate(body).map_err(|error| {
+        let code = match error {
+            ModelFieldError::Syntax { .. } => ErrorCode::InvalidJson,
+            ModelFieldError::NotAnObject
+            | ModelFieldError::ModelNotAString
+            | ModelFieldError::DuplicateModel { .. } => ErrorCode::InvalidModel,
+            ModelFieldError::MissingModel => ErrorCode::MissingModel,
+        };
+        ApiError::new(code, error.to_string())
+    })
 }
 
 #[cfg(test)]
@@ -79,7 +70,7 @@ mod tests {
     #[test]
     fn model_is_read_from_the_top_level() {
         let body = br#"{"messages":[{"model":"inner"}],"model":"m\u00e9ta/llama"}"#;
-        assert_eq!(model_of(body).unwrap(), "méta/llama");
+        assert_eq!(model_of(body).unwrap().name, "méta/llama");
     }
 
     #[test]
@@ -91,5 +82,6 @@ mod tests {
         assert_eq!(model_of(br#"{"messages":[]}"#).unwrap_err().code, "missing_model");
         assert_eq!(model_of(br#"{"model":""}"#).unwrap_err().code, "missing_model");
         assert_eq!(model_of(br#"{"model":null}"#).unwrap_err().code, "missing_model");
+        assert_eq!(model_of(br#"{"model":"a","model":"a"}"#).unwrap_err().code, "invalid_model");
     }
 }

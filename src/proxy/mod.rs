@@ -4,6 +4,7 @@
 
 mod api_error;
 mod body;
+mod model_field;
 mod response_log;
 mod upstream;
 
@@ -21,7 +22,9 @@ use pingora::upstreams::peer::HttpPeer;
 pub(crate) use api_error::ApiError;
 use api_error::Rejected;
 pub use body::model_of;
+pub use model_field::{ModelField, ModelFieldError};
 use response_log::ResponseLog;
+pub use upstream::splice_model;
 use upstream::Exchange;
 
 use crate::auth::{Authenticator, Role, Signer};
@@ -160,12 +163,12 @@ impl NodeProxy {
         body: Bytes,
     ) -> Result<Handled, Rejected> {
         let model = body::model_of(&body)?;
-        let route = self.router.select(&model);
+        let route = self.router.select(&model.name);
         // Logged whether or not it is served.
-        ctx.model = Some(model.into_owned());
+        ctx.model = Some(model.name.to_string());
         let route = route?;
         let exchange = ctx.exchange.insert(
-            Exchange::begin(&self.router, route, session.req_header(), body.len(), ResponseLog::default()).await?,
+            Exchange::begin(&self.router, route, session.req_header(), (&body, &model), ResponseLog::default()).await?,
         );
         if !session.as_downstream().retry_buffer_truncated() {
             return Ok(Handled::Forward);
@@ -173,7 +176,7 @@ impl NodeProxy {
         // Boxed: the relay's state is kilobytes, and inline it would grow every request's
         // `request_filter` future, which is copied into a box on each call, though only
         // bodies beyond 64 KiB take this path.
-        Box::pin(exchange.relay(&self.connector, session, body, self.max_attempts)).await?;
+        Box::pin(exchange.relay(&self.connector, session, self.max_attempts)).await?;
         Ok(Handled::Answered)
     }
 }
@@ -217,6 +220,22 @@ impl ProxyHttp for NodeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         exchange_of(ctx)?.rewrite_request(upstream_request)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Pingora replays the body read in `request_filter` here, whole, from its retry buffer
+        // (once per attempt); the backend gets the exchange's body instead, which carries the
+        // alias and may have grown past that buffer.
+        if let (Some(replayed), Some(exchange)) = (body.as_mut(), ctx.exchange.as_ref()) {
+            *replayed = exchange.body();
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(

@@ -1,14 +1,15 @@
-//! The exchange with a model backend, one home for both forwarding paths: the request rewrite and
-//! the headers never forwarded, the peer for each attempt, the one retry rule, and the
-//! [`ResponseObserver`] that sees every response. Bodies within Pingora's 64 KiB retry buffer are
+//! The exchange with a model backend, one home for both forwarding paths: the request rewrite
+//! (the body's `model` replaced by the backend's alias, the headers never forwarded), the peer for
+//! each attempt, the one retry rule, and the [`ResponseObserver`] that sees every response. Bodies within Pingora's 64 KiB retry buffer are
 //! sent by Pingora's proxy loop (`upstream_peer` and the filters in `proxy/mod.rs` call in here);
 //! larger ones by [`Exchange::relay`], since Pingora 0.9 replays a body read in `request_filter`
 //! only from that buffer. The two differ only in how the body is sent.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::Uri;
 use pingora::connectors::http::Connector;
@@ -19,6 +20,7 @@ use pingora::{Error, ErrorType};
 use pingora_proxy::Session;
 
 use super::api_error::{ApiError, ErrorCode, Rejected};
+use super::model_field::ModelField;
 use crate::auth::SigningHeader;
 use crate::routing::{ModelRoute, Router};
 
@@ -55,18 +57,20 @@ pub(crate) struct Exchange<O> {
     peer: Box<HttpPeer>,
     /// The request target for the backend, when it differs from the caller's.
     uri: Option<Uri>,
-    body_len: usize,
+    /// The body the backend gets: the caller's, with the route's alias in place of its `model`.
+    body: Bytes,
     began: Instant,
     pub(crate) observer: O,
 }
 
 impl<O: ResponseObserver> Exchange<O> {
-    /// Chooses the backend connection for `route` and checks that `request` can be sent to it.
+    /// Chooses the backend connection for `route`, checks that `request` can be sent to it, and
+    /// makes the body for it from the caller's `body`, whose top-level `model` is `model`.
     pub(crate) async fn begin(
         router: &Router,
         route: Arc<ModelRoute>,
         request: &RequestHeader,
-        body_len: usize,
+        (body, model): (&Bytes, &ModelField<'_>),
         observer: O,
     ) -> Result<Self, Rejected> {
         let began = Instant::now();
@@ -82,7 +86,16 @@ impl<O: ResponseObserver> Exchange<O> {
         } else {
             None
         };
-        Ok(Self { route, peer, uri, body_len, began, observer })
+        let body = match &route.alias_json {
+            Some(alias) => splice_model(body, model.span.clone(), alias),
+            None => body.clone(),
+        };
+        Ok(Self { route, peer, uri, body, began, observer })
+    }
+
+    /// The body for the backend, on either path.
+    pub(crate) fn body(&self) -> Bytes {
+        self.body.clone()
     }
 
     /// The peer for an attempt; Pingora asks again for each retry.
@@ -121,7 +134,7 @@ impl<O: ResponseObserver> Exchange<O> {
             request.remove_header(&name);
         }
         request.insert_header(header::HOST, self.route.host_header.clone())?;
-        request.insert_header(header::CONTENT_LENGTH, HeaderValue::from(self.body_len))?;
+        request.insert_header(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()))?;
         if let Some((name, value)) = &self.route.credential {
             request.insert_header(name.clone(), value.clone())?;
         }
@@ -136,18 +149,17 @@ impl<O: ResponseObserver> Exchange<O> {
         self.observer.on_body(chunk);
     }
 
-    /// Sends the request with `body` over a connection of the node's own, and relays the response
-    /// to the caller as it comes.
+    /// Sends the request over a connection of the node's own, and relays the response to the
+    /// caller as it comes.
     pub(crate) async fn relay(
         &mut self,
         connector: &Connector,
         session: &mut Session,
-        body: Bytes,
         max_attempts: usize,
     ) -> Result<(), Rejected> {
         let mut request = session.req_header().clone();
         self.rewrite_request(&mut request).map_err(Rejected::Failed)?;
-        let mut upstream = self.send(connector, request, body, max_attempts).await.map_err(Rejected::Failed)?;
+        let mut upstream = self.send(connector, request, max_attempts).await.map_err(Rejected::Failed)?;
         let response = upstream.response_header().cloned().ok_or_else(|| {
             Rejected::Failed(Error::explain(ErrorType::InvalidHTTPHeader, "backend sent no response header").into_up())
         })?;
@@ -177,7 +189,6 @@ impl<O: ResponseObserver> Exchange<O> {
         &self,
         connector: &Connector,
         request: RequestHeader,
-        body: Bytes,
         max_attempts: usize,
     ) -> pingora::Result<HttpSession> {
         let mut attempts = 0;
@@ -190,7 +201,7 @@ impl<O: ResponseObserver> Exchange<O> {
             upstream.set_write_timeout(self.peer.options.write_timeout);
             let sent = async {
                 upstream.write_request_header(Box::new(request.clone())).await?;
-                upstream.write_request_body(body.clone(), true).await?;
+                upstream.write_request_body(self.body.clone(), true).await?;
                 upstream.finish_request_body().await?;
                 upstream.read_response_header().await
             }
@@ -206,6 +217,16 @@ impl<O: ResponseObserver> Exchange<O> {
             }
         }
     }
+}
+
+/// `body` with the bytes at `span` (the top-level `model`'s value, see `proxy::model_of`)
+/// replaced by `json_string`: one copy, every other byte as it was.
+pub fn splice_model(body: &[u8], span: Range<usize>, json_string: &[u8]) -> Bytes {
+    let mut spliced = BytesMut::with_capacity(body.len() - span.len() + json_string.len());
+    spliced.put_slice(&body[..span.start]);
+    spliced.put_slice(json_string);
+    spliced.put_slice(&body[span.end..]);
+    spliced.freeze()
 }
 
 /// The one retry rule of both paths: an attempt is sent again only when it failed on a pooled
@@ -281,11 +302,38 @@ mod tests {
         fn on_body(&mut self, _: &[u8]) {}
     }
 
-    async fn rewritten(router: &Router, model: &str, mut request: RequestHeader, body_len: usize) -> RequestHeader {
-        let route = router.select(model).unwrap();
-        let exchange = Exchange::begin(router, route, &request, body_len, Ignore).await.ok().unwrap();
-        exchange.rewrite_request(&mut request).unwrap();
+    async fn exchange(router: &Router, request: &RequestHeader, body: &[u8]) -> Exchange<Ignore> {
+        let body = Bytes::copy_from_slice(body);
+        let model = crate::proxy::model_of(&body).unwrap();
+        let route = router.select(&model.name).unwrap();
+        Exchange::begin(router, route, request, (&body, &model), Ignore).await.ok().unwrap()
+    }
+
+    /// `request` as the backend of `model` gets it, with the 13-byte body `{"model":"<model>"}`.
+    async fn rewritten(router: &Router, model: &str, mut request: RequestHeader) -> RequestHeader {
+        let body = format!(r#"{{"model":"{model}"}}"#);
+        exchange(router, &request, body.as_bytes()).await.rewrite_request(&mut request).unwrap();
         request
+    }
+
+    #[tokio::test]
+    async fn the_alias_replaces_the_top_level_model_and_nothing_else() {
+        let router = router(
+            "models: {a: {url: 'http://127.0.0.1:1', alias: 'llama3:8b \"q\"'}, b: {url: 'http://127.0.0.1:1'}}",
+        );
+        let request = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        let body = br#"{ "messages":[{"model":"a"}], "mod\u0065l" :  "a" ,"x":1.50}"#;
+        let mut exchange = exchange(&router, &request, body).await;
+        assert_eq!(
+            &exchange.body()[..],
+            &br#"{ "messages":[{"model":"a"}], "mod\u0065l" :  "llama3:8b \"q\"" ,"x":1.50}"#[..]
+        );
+        let mut header = request.clone();
+        exchange.rewrite_request(&mut header).unwrap();
+        assert_eq!(header.headers.get("content-length").unwrap().to_str().unwrap(), exchange.body().len().to_string());
+        // Without an alias the caller's bytes are sent as they came.
+        exchange = self::exchange(&router, &request, br#"{"model":"b"}"#).await;
+        assert_eq!(&exchange.body()[..], br#"{"model":"b"}"#);
     }
 
     #[tokio::test]
@@ -305,12 +353,12 @@ mod tests {
         ] {
             request.insert_header(name, value).unwrap();
         }
-        let request = rewritten(&router, "a", request, 42).await;
+        let request = rewritten(&router, "a", request).await;
         assert_eq!(request.uri.to_string(), "/openai/v1/chat/completions?x=1");
         let header = |name: &str| request.headers.get(name).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(header("host").as_deref(), Some("localhost:8443"));
         assert_eq!(header("authorization").as_deref(), Some("Bearer t0k"));
-        assert_eq!(header("content-length").as_deref(), Some("42"));
+        assert_eq!(header("content-length").as_deref(), Some("13"));
         assert_eq!(header("content-type").as_deref(), Some("application/json"));
         for gone in ["x-signature", "x-address", "x-api-key", "connection", "x-custom-hop", "transfer-encoding"] {
             assert_eq!(header(gone), None, "{gone} was forwarded");
@@ -322,13 +370,13 @@ mod tests {
         let router = router("models: {a: {url: 'http://127.0.0.1:8000'}}");
         let mut request = RequestHeader::build("POST", b"/v1/embeddings?trace=1", None).unwrap();
         request.insert_header("x-nonce", "n").unwrap();
-        let request = rewritten(&router, "a", request, 7).await;
+        let request = rewritten(&router, "a", request).await;
         assert_eq!(request.uri.to_string(), "/v1/embeddings?trace=1");
         assert_eq!(request.headers.get("host").unwrap(), "127.0.0.1:8000");
         assert!(request.headers.get("x-nonce").is_none());
 
         let absolute = RequestHeader::build("POST", b"http://node.example/v1/embeddings", None).unwrap();
-        assert_eq!(rewritten(&router, "a", absolute, 7).await.uri.to_string(), "/v1/embeddings");
+        assert_eq!(rewritten(&router, "a", absolute).await.uri.to_string(), "/v1/embeddings");
     }
 
     #[test]

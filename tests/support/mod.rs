@@ -399,6 +399,22 @@ pub fn run_fxn(args: &[&str], cwd: &Path) -> (i32, String, String) {
     (status.code().unwrap_or(-1), stdout.join().unwrap(), stderr.join().unwrap())
 }
 
+/// Runs `tests/python/ARGS[0]` with the rest of `args`, returning its standard output.
+pub fn python(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(args[0]);
+    let output = Command::new("python3")
+        .arg(script)
+        .args(&args[1..])
+        .output()
+        .expect("python3 (scripts/test.sh installs what these tests need)");
+    assert!(
+        output.status.success(),
+        "python {args:?} failed (scripts/test.sh installs eth-account and openai):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// A JSON chat request for the test model, padded to exactly `size` bytes.
 pub fn chat_body(size: usize, stream: bool) -> Vec<u8> {
     let head = format!(r#"{{"model":"fxn/test-model","stream":{stream},"messages":[{{"role":"user","content":""#);
