@@ -301,14 +301,8 @@ async fn decoded_gateways_match_an_independent_decoder() {
             })
         })
         .collect();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_gateways.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .args([chain.url(), format!("{:?}", chain.gateways)])
-        .output()
-        .expect("python3 (scripts/test.sh installs eth-abi)");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let theirs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let output = support::python(&["read_gateways.py", &chain.url(), &format!("{:?}", chain.gateways)]);
+    let theirs: Vec<serde_json::Value> = serde_json::from_str(&output).unwrap();
     assert_eq!(theirs.len(), 5);
     assert_eq!(ours, theirs);
 }
