@@ -43,7 +43,9 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     let static_signers = StaticRegistry::from_settings(&node.registry);
     warn_about_public_keys(&static_signers);
     let own_address = node_key.as_ref().map(|key| key.address);
-    let chain = chain_registries(&node.registry, own_address, &mut pingora_server);
+    let router = Arc::new(Router::new(&models, &node.proxy));
+    let network_model_ids = router.entries().filter_map(|route| route.fxn_id.clone()).collect();
+    let chain = chain_registries(&node.registry, own_address, network_model_ids, &mut pingora_server);
     let nonces = Arc::new(NonceStore::new(node.nonce_cache.max_entries));
     let auth = Authenticator::new(
         DefaultCurve::default(),
@@ -62,7 +64,6 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     ));
 
     let conf = pingora_server.configuration.clone();
-    let router = Arc::new(Router::new(&models, &node.proxy));
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&conf)));
     let proxy = NodeProxy::new(auth, router, node.limits.clone(), connector, conf.max_retries);
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "fxn proxy");
@@ -82,6 +83,7 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
 fn chain_registries(
     settings: &RegistrySettings,
     own_address: Option<Address>,
+    network_model_ids: Vec<String>,
     pingora_server: &mut Server,
 ) -> Option<Arc<ChainRegistries>> {
     let reader = match ChainReader::new(settings) {
@@ -102,6 +104,7 @@ fn chain_registries(
         registries.clone(),
         settings.gateway_poll_interval,
         settings.provider_poll_interval,
+        network_model_ids,
     );
     pingora_server.add_service(background_service("registry refresher", refresher));
     Some(registries)

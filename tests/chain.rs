@@ -103,6 +103,26 @@ async fn chain_gateways_are_followed_as_they_change() {
 }
 
 #[tokio::test]
+async fn a_network_model_id_unlike_the_registered_one_is_warned() {
+    let chain = Chain::start().await;
+    let backend = TestBackend::start();
+    let own = NodeKey::generate();
+    chain.register_provider(own.address, b"node", 7).await;
+    let models = format!("models:\n  \"fxn/test-model\":\n    url: \"{}\"\n    fxn_id: \"8\"\n", backend.url());
+    let files = NodeFiles::new(&models, &chain_config(&chain.url(), chain.router, "")).with_node_key(&own);
+    let node = Node::start(files);
+    eventually(WITHIN, "the mismatch is warned", || async {
+        node.log().contains("model_backend.yaml's fxn_id (8) is not this node's modelId 7")
+    })
+    .await;
+    let matching = format!("models:\n  \"fxn/test-model\":\n    url: \"{}\"\n    fxn_id: \"7\"\n", backend.url());
+    let files = NodeFiles::new(&matching, &chain_config(&chain.url(), chain.router, "")).with_node_key(&own);
+    let node = Node::start(files);
+    eventually(WITHIN, "the registration is read", || async { node.log().contains("for modelId 7") }).await;
+    assert!(!node.log().contains("is not this node's modelId"), "{}", node.log());
+}
+
+#[tokio::test]
 async fn requests_wait_for_the_first_load_and_outlive_the_chain() {
     let mut chain = Chain::start().await;
     let proxy = RpcProxy::start(chain.url()).await;

@@ -23,6 +23,8 @@ pub struct RegistryRefresher {
     registries: Arc<ChainRegistries>,
     gateway_interval: Duration,
     provider_interval: Duration,
+    /// The `fxn_id`s of `model_backend.yaml`, compared with the node's registered `modelId`.
+    network_model_ids: Vec<String>,
 }
 
 impl RegistryRefresher {
@@ -31,8 +33,9 @@ impl RegistryRefresher {
         registries: Arc<ChainRegistries>,
         gateway_interval: Duration,
         provider_interval: Duration,
+        network_model_ids: Vec<String>,
     ) -> Self {
-        Self { reader, registries, gateway_interval, provider_interval }
+        Self { reader, registries, gateway_interval, provider_interval, network_model_ids }
     }
 
     /// Reads one registry every `interval` until shutdown; a failed read keeps the last good
@@ -108,6 +111,7 @@ impl RegistryRefresher {
     /// Logs where the node's own address stands whenever that changes (and at the first read).
     fn own_registration_reporter(&self) -> impl FnMut(&Snapshot<ProviderEntry>) {
         let own = self.registries.own_address();
+        let configured = self.network_model_ids.clone();
         let mut last = None;
         move |providers| {
             let Some(own) = own else { return };
@@ -118,6 +122,19 @@ impl RegistryRefresher {
             last = Some(now);
             let address = to_checksum(&own, None);
             let registry = to_checksum(&providers.registry, None);
+            let registered_model = match now {
+                OwnRegistration::Registered { model_id } | OwnRegistration::Paused { model_id } => Some(model_id),
+                OwnRegistration::NotRegistered => None,
+            };
+            if let Some(model_id) = registered_model {
+                if !configured.is_empty() && !configured.contains(&model_id.to_string()) {
+                    log::warn!(
+                        "model_backend.yaml's fxn_id ({}) is not this node's modelId {model_id} in the \
+                         ProviderRegistry {registry}: the network routes modelId {model_id} here",
+                        configured.join(", ")
+                    );
+                }
+            }
             match now {
                 OwnRegistration::Registered { model_id } => {
                     log::info!(
