@@ -1,5 +1,5 @@
 //! The request body: read whole (bounded by `limits.maxBodyBytes`) so that it can be hashed,
-//! routed by its `model` and forwarded byte-identical.
+//! routed by its `model` and forwarded byte-identical (but for an alias, `upstream`'s).
 
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;

@@ -22,7 +22,7 @@ use pingora::upstreams::peer::HttpPeer;
 pub(crate) use api_error::ApiError;
 use api_error::Rejected;
 pub use body::model_of;
-pub use model_field::{ModelField, ModelFieldError};
+pub use model_field::ModelField;
 use response_log::ResponseLog;
 pub use upstream::splice_model;
 use upstream::Exchange;

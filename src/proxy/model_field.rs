@@ -61,6 +61,15 @@ enum Open {
     Array,
 }
 
+impl Open {
+    fn close(self) -> u8 {
+        match self {
+            Self::Object => b'}',
+            Self::Array => b']',
+        }
+    }
+}
+
 struct Scanner<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -104,30 +113,20 @@ impl<'a> Scanner<'a> {
             let start = self.pos;
             let model_value = std::mem::take(&mut model_value_next);
             match self.next_byte() {
-                Some(b'{') => {
+                Some(byte @ (b'{' | b'[')) => {
                     if model_value {
                         return Err(ModelFieldError::ModelNotAString);
                     }
-                    open.push(Open::Object);
+                    let container = if byte == b'{' { Open::Object } else { Open::Array };
+                    open.push(container);
                     self.skip_whitespace();
-                    if self.bytes.get(self.pos) == Some(&b'}') {
+                    if self.bytes.get(self.pos) == Some(&container.close()) {
                         self.pos += 1;
                         open.pop();
                     } else {
-                        model_value_next = self.key(open.len() == 1, &mut first_model_at)?;
-                        continue;
-                    }
-                }
-                Some(b'[') => {
-                    if model_value {
-                        return Err(ModelFieldError::ModelNotAString);
-                    }
-                    open.push(Open::Array);
-                    self.skip_whitespace();
-                    if self.bytes.get(self.pos) == Some(&b']') {
-                        self.pos += 1;
-                        open.pop();
-                    } else {
+                        if container == Open::Object {
+                            model_value_next = self.key(open.len() == 1, &mut first_model_at)?;
+                        }
                         continue;
                     }
                 }
@@ -169,10 +168,6 @@ impl<'a> Scanner<'a> {
                     }
                     return Ok(document);
                 };
-                let close = match container {
-                    Open::Object => b'}',
-                    Open::Array => b']',
-                };
                 match self.bytes.get(self.pos) {
                     Some(b',') => {
                         self.pos += 1;
@@ -182,7 +177,7 @@ impl<'a> Scanner<'a> {
                         }
                         break;
                     }
-                    Some(&byte) if byte == close => {
+                    Some(&byte) if byte == container.close() => {
                         self.pos += 1;
                         open.pop();
                     }
@@ -263,23 +258,26 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Skips the bytes that stand for themselves in a string (printable ASCII but `"` and `\`),
-    /// eight at a time: the long text of a chat body is almost all such bytes.
+    /// Skips the bytes that stand for themselves in a string (printable ASCII but `"` and `\\`),
+    /// a word at a time: the long text of a chat body is almost all such bytes.
     fn skip_plain_string_bytes(&mut self) {
-        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-        const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-        let has_byte = |word: u64, byte: u8| {
-            let x = word ^ (ONES * u64::from(byte));
-            x.wrapping_sub(ONES) & !x & HIGHS != 0
-        };
-        while let Some(chunk) = self.bytes.get(self.pos..self.pos + 8) {
-            let mut eight = [0; 8];
-            eight.copy_from_slice(chunk);
-            let word = u64::from_ne_bytes(eight);
-            // A byte below 0x20, or one with its high bit set (non-ASCII), or a quote or backslash.
-            let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
-            if below_space || word & HIGHS != 0 || has_byte(word, b'"') || has_byte(word, b'\\') {
+        let word = |bytes: &[u8; 8]| stop_bytes(u64::from_le_bytes(*bytes));
+        // Two words a turn while no stop byte is near: on long runs it halves the branches.
+        while let Some((low, high)) =
+            self.bytes.get(self.pos..).and_then(<[u8]>::first_chunk::<16>).map(|b| b.split_at(8))
+        {
+            let halves = low.first_chunk().zip(high.first_chunk());
+            if halves.is_none_or(|(low, high)| word(low) | word(high) != 0) {
                 break;
+            }
+            self.pos += 16;
+        }
+        while let Some(eight) = self.bytes.get(self.pos..).and_then(<[u8]>::first_chunk::<8>) {
+            let stops = word(eight);
+            if stops != 0 {
+                // Read little-endian, the lowest flagged byte comes first.
+                self.pos += (stops.trailing_zeros() / 8) as usize;
+                return;
             }
             self.pos += 8;
         }
@@ -396,6 +394,18 @@ impl<'a> Scanner<'a> {
         }
         Ok(())
     }
+}
+
+/// The high bit of each byte of `word` that ends a run of plain string bytes: one below 0x20 or
+/// above 0x7f, a quote or a backslash. A borrow can flag a byte above a flagged one, never below
+/// it, so the lowest flag is exact.
+fn stop_bytes(word: u64) -> u64 {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x;
+    let below_space = word.wrapping_sub(ONES * 0x20);
+    (below_space | word | zero_bytes(word ^ (ONES * u64::from(b'"'))) | zero_bytes(word ^ (ONES * u64::from(b'\\'))))
+        & HIGHS
 }
 
 /// The length of the UTF-8 sequence `bytes` begins with, if it is a valid one (RFC 3629: no
@@ -550,6 +560,25 @@ mod tests {
         // Nesting far deeper than any recursion would survive.
         let deep = format!("{{\"model\":\"m\",\"x\":{}{}}}", "[".repeat(1_000_000), "]".repeat(1_000_000));
         assert_eq!(name(deep.as_bytes()), "m");
+    }
+
+    #[test]
+    fn the_first_stop_byte_of_a_word_is_found_exactly() {
+        let plain = *b"abcdefgh";
+        assert_eq!(stop_bytes(u64::from_le_bytes(plain)), 0);
+        for at in 0..8 {
+            for stop in [0x00, 0x1f, b'"', b'\\', 0x80, 0xff] {
+                // Stops and plain bytes (0x20, 0x7f included) above it must not move the first flag.
+                for above in [0x00, 0x20, 0x21, b'"', 0x7f, 0xc3] {
+                    let mut word = plain;
+                    word[at] = stop;
+                    word[at + 1..].fill(above);
+                    let first = stop_bytes(u64::from_le_bytes(word)).trailing_zeros() / 8;
+                    assert_eq!(first as usize, at, "{word:x?}");
+                }
+            }
+        }
+        assert_eq!(stop_bytes(u64::from_le_bytes(*b" ~\x7f!#[]}")), 0);
     }
 
     #[test]

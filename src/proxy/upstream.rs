@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::Uri;
 use pingora::connectors::http::Connector;
@@ -222,11 +222,11 @@ impl<O: ResponseObserver> Exchange<O> {
 /// `body` with the bytes at `span` (the top-level `model`'s value, see `proxy::model_of`)
 /// replaced by `json_string`: one copy, every other byte as it was.
 pub fn splice_model(body: &[u8], span: Range<usize>, json_string: &[u8]) -> Bytes {
-    let mut spliced = BytesMut::with_capacity(body.len() - span.len() + json_string.len());
-    spliced.put_slice(&body[..span.start]);
-    spliced.put_slice(json_string);
-    spliced.put_slice(&body[span.end..]);
-    spliced.freeze()
+    let mut spliced = Vec::with_capacity(body.len() - span.len() + json_string.len());
+    spliced.extend_from_slice(&body[..span.start]);
+    spliced.extend_from_slice(json_string);
+    spliced.extend_from_slice(&body[span.end..]);
+    Bytes::from(spliced)
 }
 
 /// The one retry rule of both paths: an attempt is sent again only when it failed on a pooled
