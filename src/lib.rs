@@ -2,7 +2,7 @@
 //! in front of an operator's inference servers, built on Pingora.
 
 pub mod auth;
-mod challenge;
+pub mod challenge;
 pub mod cli;
 pub mod config;
 pub mod keys;

@@ -16,6 +16,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::auth::{Authenticator, DefaultCurve, NonceStore, RedisServers, SharedNonceStore};
+use crate::challenge::Challenges;
 use crate::config::{NonceBackend, NonceCacheSettings, OnRedisUnavailable, RegistrySettings, Settings};
 use crate::keys::publicly_known;
 use crate::keys::NodeKey;
@@ -64,8 +65,9 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     ));
 
     let conf = pingora_server.configuration.clone();
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&conf)));
-    let proxy = NodeProxy::new(auth, router, node.limits.clone(), connector, conf.max_retries);
+    let connector = Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(&conf))));
+    let challenges = Arc::new(Challenges::new(&node, node_key.clone()));
+    let proxy = NodeProxy::new(auth, router, challenges, node.limits.clone(), connector, conf.max_retries);
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "fxn proxy");
     service.add_listener(ListenerConfig::tcp(node.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     pingora_server.add_service(service);

@@ -11,8 +11,18 @@ use serde_yaml::Value;
 use super::yaml::{self, typed};
 use super::{ConfigError, ConfigErrors};
 
-const TOP_LEVEL_KEYS: &[&str] =
-    &["node", "logger", "registry", "rpcProvider", "schedulerAddress", "nonceCache", "proxy", "limits", "auth"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "node",
+    "logger",
+    "registry",
+    "rpcProvider",
+    "schedulerAddress",
+    "nonceCache",
+    "proxy",
+    "limits",
+    "auth",
+    "challenge",
+];
 
 /// The validated contents of `config.yaml`.
 #[derive(Debug, Clone)]
@@ -20,12 +30,14 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The node's own key file (written by `fxn accounts new`).
     pub key_file: Option<PathBuf>,
+    pub public_ip: PublicIp,
     pub log: LogSettings,
     pub registry: RegistrySettings,
     pub nonce_cache: NonceCacheSettings,
     pub proxy: ProxySettings,
     pub limits: Limits,
     pub auth: AuthSettings,
+    pub challenge: ChallengeSettings,
 }
 
 impl NodeConfig {
@@ -58,9 +70,20 @@ impl NodeConfig {
         let proxy: ProxySettings = typed(path, "proxy", section("proxy"), &mut errors);
         let limits: Limits = typed(path, "limits", section("limits"), &mut errors);
         let auth: AuthSettings = typed(path, "auth", section("auth"), &mut errors);
+        let challenge: ChallengeSettings = typed(path, "challenge", section("challenge"), &mut errors);
 
         if node.listen_port == 0 {
             errors.push(ConfigError::new(path, "node.listenPort", "must be a port from 1 to 65535"));
+        }
+        if challenge.matrix_max_dim == 0 {
+            errors.push(ConfigError::new(path, "challenge.matrixMaxDim", "must be at least 1"));
+        }
+        if challenge.max_concurrent == 0 {
+            errors.push(ConfigError::new(
+                path,
+                "challenge.maxConcurrent",
+                "must be at least 1: with none, every MATRIX_MULTIPLICATION and PROXY challenge is refused",
+            ));
         }
         if limits.max_body_bytes == 0 {
             errors.push(ConfigError::new(path, "limits.maxBodyBytes", "must be at least 1 byte"));
@@ -114,6 +137,7 @@ impl NodeConfig {
         errors.into_result(NodeConfig {
             listen: SocketAddr::new(node.listen_address, node.listen_port),
             key_file: node.key_file,
+            public_ip: PublicIp { address: node.public_ip, lookup_url: node.public_ip_url.0 },
             log: logger,
             registry: RegistrySettings {
                 router_contract: registry_section.router_smart_contract_address,
@@ -131,6 +155,7 @@ impl NodeConfig {
             proxy,
             limits,
             auth,
+            challenge,
         })
     }
 }
@@ -148,12 +173,31 @@ struct NodeSection {
     listen_port: u16,
     listen_address: IpAddr,
     key_file: Option<PathBuf>,
+    public_ip: Option<IpAddr>,
+    public_ip_url: PublicIpUrl,
 }
 
 impl Default for NodeSection {
     fn default() -> Self {
-        Self { listen_port: 8080, listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST), key_file: None }
+        Self {
+            listen_port: 8080,
+            listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            key_file: None,
+            public_ip: None,
+            public_ip_url: PublicIpUrl::default(),
+        }
     }
+}
+
+#[derive(Default, Deserialize)]
+struct PublicIpUrl(#[serde(deserialize_with = "yaml::optional_http_url")] Option<url::Url>);
+
+/// `node.publicIp` and `node.publicIpUrl`: the address IDENTITY reports and signs.
+#[derive(Debug, Clone, Default)]
+pub struct PublicIp {
+    pub address: Option<IpAddr>,
+    /// Asked for the address (its whole answer is the address) when `address` is unset.
+    pub lookup_url: Option<url::Url>,
 }
 
 /// `logger`: the default log level; `RUST_LOG`, when set, overrides it.
@@ -377,6 +421,37 @@ impl Default for Limits {
     }
 }
 
+/// `challenge`: bounds on the work the scheduler's challenges may ask of the node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ChallengeSettings {
+    /// The largest dimension of a MATRIX_MULTIPLICATION operand, and the largest `size`.
+    pub matrix_max_dim: usize,
+    /// MATRIX_MULTIPLICATION and PROXY challenges running at once; more are answered 429.
+    pub max_concurrent: usize,
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub endpoint_connect_timeout: Duration,
+    /// The longest an ENDPOINT_REACHABLE check may take, redirects included.
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub endpoint_timeout: Duration,
+    /// Address ranges ENDPOINT_REACHABLE may reach although the guard refuses them (private
+    /// networks, say), as CIDR (`10.0.0.0/8`, `fd00::/8`) or single addresses.
+    #[serde(deserialize_with = "yaml::ip_ranges")]
+    pub endpoint_allow: Vec<ipnet::IpNet>,
+}
+
+impl Default for ChallengeSettings {
+    fn default() -> Self {
+        Self {
+            matrix_max_dim: 2048,
+            max_concurrent: 1,
+            endpoint_connect_timeout: Duration::from_secs(5),
+            endpoint_timeout: Duration::from_secs(5),
+            endpoint_allow: Vec::new(),
+        }
+    }
+}
+
 /// `auth`: how signed requests are checked.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -556,6 +631,42 @@ schedulerAddress: "0x12"
             ["registry.chainId", "registry.maxStaleness", "registry.rpc.retries", "registry.rpc.maxResponseBytes"],
             "{errors}"
         );
+    }
+
+    #[test]
+    fn challenge_settings_are_read_and_checked() {
+        let config = parse(
+            "node: {publicIp: 203.0.113.7}\nchallenge: {matrixMaxDim: 512, maxConcurrent: 2, endpointTimeout: 2s, \
+             endpointAllow: [\"10.0.0.0/8\", \"fd00::1\"]}",
+        )
+        .unwrap();
+        assert_eq!(config.public_ip.address, Some("203.0.113.7".parse().unwrap()));
+        let challenge = config.challenge;
+        assert_eq!((challenge.matrix_max_dim, challenge.max_concurrent), (512, 2));
+        assert_eq!(challenge.endpoint_timeout, Duration::from_secs(2));
+        assert_eq!(challenge.endpoint_connect_timeout, Duration::from_secs(5), "default kept");
+        let allowed: Vec<String> = challenge.endpoint_allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allowed, ["10.0.0.0/8", "fd00::1/128"]);
+
+        let errors = parse(
+            "node: {publicIp: my-host, publicIpUrl: \"ftp://x\"}\nchallenge: {matrixMaxDim: 0, maxConcurrent: 0, \
+             endpointAllow: [\"10.0.0.0/33\", \"x\"]}",
+        )
+        .unwrap_err();
+        let keys = errors.keys();
+        assert_eq!(
+            keys,
+            [
+                "node.publicIp",
+                "node.publicIpUrl",
+                "challenge.endpointAllow",
+                "challenge.matrixMaxDim",
+                "challenge.maxConcurrent"
+            ],
+            "{errors}"
+        );
+        let message = errors.to_string();
+        assert!(message.contains("`10.0.0.0/33`") && message.contains("`x`"), "{message}");
     }
 
     #[test]

@@ -190,14 +190,36 @@ pub(super) fn optional_address<'de, D: Deserializer<'de>>(
 pub(super) fn addresses<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<ethers_core::types::Address>, D::Error> {
-    // Every bad entry in one message: serde stops at a list's first error.
+    every_entry(deserializer, |text| parse_address(text))
+}
+
+/// A list of strings, each parsed by `parse`, with every bad entry in one message: serde stops
+/// at a list's first error.
+fn every_entry<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, D::Error> {
     let texts = Vec::<String>::deserialize(deserializer)?;
-    let (parsed, bad): (Vec<_>, Vec<_>) = texts.iter().map(|text| parse_address(text)).partition(Result::is_ok);
+    let (parsed, bad): (Vec<_>, Vec<_>) = texts.iter().map(|text| parse(text)).partition(Result::is_ok);
     if !bad.is_empty() {
         let reasons: Vec<String> = bad.into_iter().filter_map(Result::err).collect();
         return Err(D::Error::custom(reasons.join("; ")));
     }
     Ok(parsed.into_iter().filter_map(Result::ok).collect())
+}
+
+/// Address ranges as CIDR (`10.0.0.0/8`) or single addresses, every bad entry named at once.
+pub(super) fn ip_ranges<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    every_entry(deserializer, |text| {
+        let text = text.trim();
+        text.parse::<ipnet::IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(
+            |_| {
+                format!(
+                    "`{text}` is not an address range: write CIDR such as `10.0.0.0/8` or `fd00::/8`, or one address"
+                )
+            },
+        )
+    })
 }
 
 /// A URL with a host whose scheme is one of `schemes` (the first is the plain one, shown in the

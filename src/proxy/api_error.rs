@@ -41,6 +41,8 @@ pub enum ErrorCode {
     // Challenges.
     InvalidChallenge,
     UnknownChallengeType,
+    ChallengeBusy,
+    NodeKeyNotConfigured,
     // The backend, or the node itself.
     BackendUnavailable,
     BackendTimeout,
@@ -65,7 +67,8 @@ impl ErrorCode {
             MethodNotAllowed => 405,
             RequestTimeout => 408,
             BodyTooLarge => 413,
-            InternalError | HttpError => 500,
+            ChallengeBusy => 429,
+            InternalError | HttpError | NodeKeyNotConfigured => 500,
             BackendUnavailable => 502,
             NonceStoreFull | NonceStoreUnavailable | RegistryUnavailable => 503,
             BackendTimeout => 504,
@@ -87,7 +90,7 @@ impl ErrorCode {
             | NonceStoreUnavailable
             | RegistryUnavailable => "authentication_error",
             BackendUnavailable | BackendTimeout => "upstream_error",
-            HttpError | InternalError => "server_error",
+            HttpError | InternalError | NodeKeyNotConfigured => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -96,7 +99,9 @@ impl ErrorCode {
     pub fn header(self) -> Option<HeaderName> {
         match self {
             Self::MethodNotAllowed => Some(header::ALLOW),
-            Self::NonceStoreFull | Self::NonceStoreUnavailable | Self::RegistryUnavailable => Some(header::RETRY_AFTER),
+            Self::NonceStoreFull | Self::NonceStoreUnavailable | Self::RegistryUnavailable | Self::ChallengeBusy => {
+                Some(header::RETRY_AFTER)
+            }
             _ => None,
         }
     }
@@ -122,8 +127,11 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let header = match code {
-            // Nonces expire continuously, and the shared store reconnects at once: a second is enough.
-            ErrorCode::NonceStoreFull | ErrorCode::NonceStoreUnavailable => code.header().map(|name| (name, "1")),
+            // Nonces expire continuously, and the shared store reconnects at once: a second is
+            // enough; most challenges end within one too.
+            ErrorCode::NonceStoreFull | ErrorCode::NonceStoreUnavailable | ErrorCode::ChallengeBusy => {
+                code.header().map(|name| (name, "1"))
+            }
             // A registry that is not loaded is retried every few seconds (registry/refresh.rs).
             ErrorCode::RegistryUnavailable => code.header().map(|name| (name, "5")),
             _ => None,
@@ -241,8 +249,12 @@ impl From<AuthError> for ApiError {
 impl From<ChallengeError> for ApiError {
     fn from(error: ChallengeError) -> Self {
         let code = match error {
-            ChallengeError::Malformed(_) => ErrorCode::InvalidChallenge,
+            ChallengeError::Malformed(_) | ChallengeError::InvalidPayload { .. } => ErrorCode::InvalidChallenge,
             ChallengeError::UnknownType(_) => ErrorCode::UnknownChallengeType,
+            ChallengeError::Busy(_) => ErrorCode::ChallengeBusy,
+            ChallengeError::NodeKeyMissing => ErrorCode::NodeKeyNotConfigured,
+            ChallengeError::Routing(routing) => return routing.into(),
+            ChallengeError::Internal(_) => ErrorCode::InternalError,
         };
         Self::new(code, error.to_string())
     }

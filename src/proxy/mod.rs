@@ -28,7 +28,7 @@ pub use upstream::splice_model;
 use upstream::Exchange;
 
 use crate::auth::{Authenticator, Role, Signer};
-use crate::challenge;
+use crate::challenge::Challenges;
 use crate::config::Limits;
 use crate::routing::Router;
 
@@ -89,6 +89,8 @@ pub(crate) struct RequestCtx {
     exchange: Option<Exchange<ResponseLog>>,
     body_len: usize,
     signer: Option<Signer>,
+    /// The challenge type `/challenge` was asked, once known.
+    challenge: Option<&'static str>,
 }
 
 /// How `request_filter` ended.
@@ -102,9 +104,10 @@ enum Handled {
 pub(crate) struct NodeProxy {
     auth: Arc<Authenticator>,
     router: Arc<Router>,
+    challenges: Arc<Challenges>,
     limits: Limits,
-    /// Backend connections for the relay path; pooled like Pingora's own.
-    connector: Connector,
+    /// Backend connections for the relay path and the PROXY challenge; pooled like Pingora's own.
+    connector: Arc<Connector>,
     /// Pingora's `max_retries`, which bounds the relay's attempts too.
     max_attempts: usize,
 }
@@ -113,11 +116,12 @@ impl NodeProxy {
     pub fn new(
         auth: Arc<Authenticator>,
         router: Arc<Router>,
+        challenges: Arc<Challenges>,
         limits: Limits,
-        connector: Connector,
+        connector: Arc<Connector>,
         max_attempts: usize,
     ) -> Self {
-        Self { auth, router, limits, connector, max_attempts }
+        Self { auth, router, challenges, limits, connector, max_attempts }
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Handled, Rejected> {
@@ -136,7 +140,9 @@ impl NodeProxy {
             }
             Endpoint::Challenge => {
                 let body = self.authenticate(session, ctx, Role::Scheduler).await?;
-                let answer = Bytes::from(challenge::answer(&body)?.to_string());
+                let (challenge, answer) = self.challenges.answer(body).await;
+                ctx.challenge = challenge;
+                let answer = Bytes::from(answer?.json.to_string());
                 respond(session, 200, "application/json", answer).await?;
                 Ok(Handled::Answered)
             }
@@ -190,7 +196,15 @@ impl ProxyHttp for NodeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx { started: Instant::now(), endpoint: None, model: None, exchange: None, body_len: 0, signer: None }
+        RequestCtx {
+            started: Instant::now(),
+            endpoint: None,
+            model: None,
+            exchange: None,
+            body_len: 0,
+            signer: None,
+            challenge: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -323,8 +337,9 @@ impl ProxyHttp for NodeProxy {
         let signer = ctx.signer.map_or_else(|| "-".to_string(), |s| format!("{}:{:?}", s.role, s.address));
         let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         let method = &session.req_header().method;
+        let challenge = ctx.challenge.map_or_else(String::new, |name| format!(" challenge={name}"));
         let line = format!(
-            "{method} {path} signer={signer} model={model} entry={entry} backend={backend} status={status} body_bytes={}{response} duration_ms={elapsed_ms:.1}",
+            "{method} {path} signer={signer} model={model} entry={entry} backend={backend} status={status} body_bytes={}{challenge}{response} duration_ms={elapsed_ms:.1}",
             ctx.body_len
         );
         match error {
