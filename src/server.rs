@@ -16,7 +16,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::auth::{Authenticator, DefaultCurve, NonceStore, RedisServers, SharedNonceStore};
-use crate::challenge::Challenges;
+use crate::challenge::{Challenges, ModelProbe};
 use crate::config::{NonceBackend, NonceCacheSettings, OnRedisUnavailable, RegistrySettings, Settings};
 use crate::keys::publicly_known;
 use crate::keys::NodeKey;
@@ -66,7 +66,8 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
 
     let conf = pingora_server.configuration.clone();
     let connector = Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(&conf))));
-    let challenges = Arc::new(Challenges::new(&node, node_key.clone()));
+    let probe = ModelProbe::new(router.clone(), connector.clone(), conf.max_retries);
+    let challenges = Arc::new(Challenges::new(&node, node_key.clone(), probe));
     let proxy = NodeProxy::new(auth, router, challenges, node.limits.clone(), connector, conf.max_retries);
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "fxn proxy");
     service.add_listener(ListenerConfig::tcp(node.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));

@@ -5,6 +5,7 @@
 
 mod gpu;
 mod identity;
+mod model_probe;
 mod stats;
 
 use std::ops::Range;
@@ -22,6 +23,7 @@ use crate::keys::NodeKey;
 use crate::routing::RoutingError;
 pub use gpu::GpuStat;
 pub use identity::identity_signature;
+pub use model_probe::ModelProbe;
 pub use stats::{ChallengeStats, Outcome, Tally};
 
 /// The types this node answers, as the scheduler names them.
@@ -137,8 +139,10 @@ pub struct Challenges {
 }
 
 impl Challenges {
-    pub fn new(config: &NodeConfig, node_key: Option<NodeKey>) -> Self {
-        let table: Vec<Box<dyn Challenge>> = vec![Box::new(identity::Identity::new(node_key, &config.public_ip))];
+    /// `probe` reaches the backends for PROXY as the proxy does.
+    pub fn new(config: &NodeConfig, node_key: Option<NodeKey>, probe: ModelProbe) -> Self {
+        let table: Vec<Box<dyn Challenge>> =
+            vec![Box::new(identity::Identity::new(node_key, &config.public_ip)), Box::new(probe)];
         let max_concurrent = config.challenge.max_concurrent;
         Self {
             table,
@@ -196,6 +200,10 @@ fn envelope(body: &Bytes) -> Result<(String, Option<Range<usize>>), ChallengeErr
         #[serde(borrow, default)]
         payload: Option<&'a RawValue>,
     }
+    // serde would also read a struct from an array (`["IDENTITY"]`), which is no challenge.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ChallengeError::Malformed("the body is not a JSON object".into()));
+    }
     let request: Envelope = serde_json::from_slice(body).map_err(|e| ChallengeError::Malformed(e.to_string()))?;
     // The raw text borrows from `body`: its place there is where it starts.
     let span = request.payload.map(|raw| {
@@ -217,7 +225,9 @@ mod tests {
         assert_eq!((name.as_str(), payload.json()), ("MATRIX_MULTIPLICATION", &br#"{"size": 3}"#[..]));
         let (_, span) = envelope(&Bytes::from_static(br#"{"type":"IDENTITY"}"#)).unwrap();
         assert_eq!(Payload { body, span }.json(), b"null");
-        for malformed in [&b"[]"[..], br#"{"payload":1}"#, br#"{"type":7}"#, b"{\"type\":\"IDENTITY\"", b""] {
+        for malformed in
+            [&b"[]"[..], br#"["IDENTITY"]"#, br#"{"payload":1}"#, br#"{"type":7}"#, b"{\"type\":\"IDENTITY\"", b""]
+        {
             let error = envelope(&Bytes::from_static(malformed)).unwrap_err();
             assert!(matches!(error, ChallengeError::Malformed(_)), "{error}");
             assert!(error.to_string().contains(TYPE_NAMES), "{error}");

@@ -19,13 +19,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-pub(crate) use api_error::ApiError;
-use api_error::Rejected;
+pub(crate) use api_error::{ApiError, ErrorCode, Rejected};
 pub use body::model_of;
 pub use model_field::ModelField;
 use response_log::ResponseLog;
 pub use upstream::splice_model;
-use upstream::Exchange;
+pub(crate) use upstream::{Exchange, ResponseObserver};
 
 use crate::auth::{Authenticator, Role, Signer};
 use crate::challenge::Challenges;

@@ -157,31 +157,56 @@ impl<O: ResponseObserver> Exchange<O> {
         session: &mut Session,
         max_attempts: usize,
     ) -> Result<(), Rejected> {
-        let mut request = session.req_header().clone();
-        self.rewrite_request(&mut request).map_err(Rejected::Failed)?;
-        let mut upstream = self.send(connector, request, max_attempts).await.map_err(Rejected::Failed)?;
-        let response = upstream.response_header().cloned().ok_or_else(|| {
-            Rejected::Failed(Error::explain(ErrorType::InvalidHTTPHeader, "backend sent no response header").into_up())
-        })?;
-        self.response_header(&response);
+        let request = session.req_header().clone();
+        let (mut upstream, response) = self.open(connector, request, max_attempts).await.map_err(Rejected::Failed)?;
         session.write_response_header(Box::new(response), false).await.map_err(Rejected::Failed)?;
         loop {
             // Dropping `upstream` on any error closes the backend connection, which cancels the
             // backend's work when the caller has gone.
-            let chunk = upstream.read_response_body().await.map_err(|e| Rejected::Failed(e.into_up()))?;
-            if let Some(chunk) = &chunk {
-                self.response_body(chunk);
-            }
+            let chunk = self.next_body(&mut upstream).await.map_err(Rejected::Failed)?;
             let end = chunk.is_none();
             session.write_response_body(chunk, end).await.map_err(Rejected::Failed)?;
             if end {
                 break;
             }
         }
+        self.release(connector, upstream).await;
+        Ok(())
+    }
+
+    /// Sends `request`, rewritten for the backend, over a connection of the node's own and
+    /// reads the response header, which the observer has seen when this returns.
+    pub(crate) async fn open(
+        &mut self,
+        connector: &Connector,
+        mut request: RequestHeader,
+        max_attempts: usize,
+    ) -> pingora::Result<(HttpSession, ResponseHeader)> {
+        self.rewrite_request(&mut request)?;
+        let upstream = self.send(connector, request, max_attempts).await?;
+        let response = upstream
+            .response_header()
+            .cloned()
+            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "backend sent no response header").into_up())?;
+        self.response_header(&response);
+        Ok((upstream, response))
+    }
+
+    /// The next piece of the response body of [`Self::open`]'s connection, which the observer
+    /// has seen; `None` at its end.
+    pub(crate) async fn next_body(&mut self, upstream: &mut HttpSession) -> pingora::Result<Option<Bytes>> {
+        let chunk = upstream.read_response_body().await.map_err(|e| e.into_up())?;
+        if let Some(chunk) = &chunk {
+            self.response_body(chunk);
+        }
+        Ok(chunk)
+    }
+
+    /// Pools [`Self::open`]'s connection again once its response was read to the end.
+    pub(crate) async fn release(&self, connector: &Connector, mut upstream: HttpSession) {
         if upstream.response_done() {
             connector.release_http_session(upstream, &*self.peer, self.peer.options.idle_timeout).await;
         }
-        Ok(())
     }
 
     /// Sends the request and reads the response header, under the retry rule of [`decide_retry`].

@@ -83,6 +83,8 @@ pub fn free_port() -> u16 {
 
 /// The node key file's name in [`NodeFiles`]'s directory.
 const NODE_KEY_FILE: &str = "node_key.json";
+/// Lines for config.yaml's `node` section, kept beside it (see [`NodeFiles::with_node_settings`]).
+const NODE_SETTINGS_FILE: &str = "node_settings.yaml";
 
 /// The node's three files in a temporary directory.
 pub struct NodeFiles {
@@ -119,6 +121,13 @@ impl NodeFiles {
         self
     }
 
+    /// Adds `lines` (YAML, each indented two spaces) to config.yaml's `node` section.
+    pub fn with_node_settings(mut self, lines: &str) -> Self {
+        std::fs::write(self.path(NODE_SETTINGS_FILE), lines).unwrap();
+        self.pick_port();
+        self
+    }
+
     /// Writes config.yaml listening on a port free right now.
     fn pick_port(&mut self) {
         self.port = free_port();
@@ -127,8 +136,9 @@ impl NodeFiles {
         let key_file = self.path(NODE_KEY_FILE);
         let key_file =
             if key_file.exists() { format!("  keyFile: \"{}\"\n", key_file.display()) } else { String::new() };
+        let node_settings = std::fs::read_to_string(self.path(NODE_SETTINGS_FILE)).unwrap_or_default();
         let config = format!(
-            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\n{key_file}logger:\n  verbosity: debug\n\
+            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\n{key_file}{node_settings}logger:\n  verbosity: debug\n\
              registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
             self.port,
             gateway_key().address,
@@ -329,6 +339,14 @@ pub fn signed_request(
 
 pub fn signed_post(key: &fxn_node::keys::NodeKey, url: String, body: Vec<u8>) -> reqwest::RequestBuilder {
     signed_request(key, reqwest::Method::POST, url, body)
+}
+
+/// A challenge sent to `node` as the trusted scheduler sends it.
+pub async fn challenge(node: &Node, body: serde_json::Value) -> reqwest::Response {
+    signed_post(&scheduler_key(), node.url("/challenge"), body.to_string().into_bytes())
+        .send()
+        .await
+        .expect("request to fxn")
 }
 
 /// A POST to `node` signed by the trusted gateway.
