@@ -3,6 +3,7 @@
 //! module of its own, found by name in [`Challenges`]' table; the heavy ones (a matrix product, a
 //! model's round trip) run under one bound of `challenge.maxConcurrent`.
 
+mod endpoint;
 mod gpu;
 mod identity;
 mod stats;
@@ -138,7 +139,10 @@ pub struct Challenges {
 
 impl Challenges {
     pub fn new(config: &NodeConfig, node_key: Option<NodeKey>) -> Self {
-        let table: Vec<Box<dyn Challenge>> = vec![Box::new(identity::Identity::new(node_key, &config.public_ip))];
+        let table: Vec<Box<dyn Challenge>> = vec![
+            Box::new(identity::Identity::new(node_key, &config.public_ip)),
+            Box::new(endpoint::EndpointReachable::new(&config.challenge)),
+        ];
         let max_concurrent = config.challenge.max_concurrent;
         Self {
             table,
