@@ -49,6 +49,10 @@ async fn an_allowed_endpoint_answers_its_status_and_latency() {
     let answer = reach(&node, &format!("{}/status/404", backend.url())).await;
     assert_eq!((answer["reachable"].as_bool(), answer["status"].as_u64()), (Some(false), Some(404)), "{answer}");
     assert!(answer.get("error").is_none(), "{answer}");
+
+    // A redirect status without a Location goes nowhere: it is the answer.
+    let answer = reach(&node, &format!("{}/status/301", backend.url())).await;
+    assert_eq!((answer["reachable"].as_bool(), answer["status"].as_u64()), (Some(false), Some(301)), "{answer}");
 }
 
 #[tokio::test]
@@ -85,6 +89,9 @@ async fn loopback_is_refused_unless_allowed() {
         assert_eq!(reach(&node, &url).await, not_allowed(), "{url}");
     }
     assert_eq!(backend.requests().await, 0, "nothing reached the backend");
+    // The operator learns why; the scheduler does not.
+    let log = node.log();
+    assert!(log.lines().any(|l| l.contains("refused localhost at ") && l.contains(" (loopback)")), "{log}");
 }
 
 #[tokio::test]
@@ -122,6 +129,14 @@ async fn an_allowed_port_nothing_listens_on_is_a_failed_connection() {
     let answer = reach(&node, &format!("http://127.0.0.1:{}/", free_port())).await;
     assert_eq!((answer["reachable"].as_bool(), answer["error"].as_str()), (Some(false), Some("connection failed")));
     assert!(answer["latencyMs"].is_number(), "{answer}");
+}
+
+#[tokio::test]
+async fn a_host_that_does_not_resolve_is_a_failed_lookup() {
+    let node = Node::start(NodeFiles::new(MODELS, ""));
+    // `.invalid` never resolves (RFC 6761).
+    let answer = reach(&node, "http://no-such-host.invalid/").await;
+    assert_eq!((answer["reachable"].as_bool(), answer["error"].as_str()), (Some(false), Some("dns lookup failed")));
 }
 
 #[tokio::test]

@@ -46,26 +46,31 @@ impl EndpointReachable {
     /// One hop: its status, and where it redirects to, if it does.
     async fn fetch(&self, target: &Target) -> Result<(reqwest::StatusCode, Option<String>), Unreached> {
         let addrs = self.checked_addrs(target).await?;
-        let mut client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             // An HTTP proxy from the environment would make the connection the guard never saw.
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(self.connect_timeout);
         if let Host::Domain(name) = &target.host {
             // The addresses just checked, so a second lookup cannot answer others (DNS rebinding).
-            client = client.resolve_to_addrs(name, &addrs);
+            builder = builder.resolve_to_addrs(name, &addrs);
         }
-        let client = client.build().map_err(Unreached::Client)?;
+        // Building a client reads the system's trust store, milliseconds of file reads that would
+        // hold up every stream on this proxy thread.
+        let client = tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .map_err(|e| Unreached::Client(e.to_string()))?
+            .map_err(|e| Unreached::Client(e.to_string()))?;
         let response = client.get(target.url.clone()).send().await.map_err(|error| {
             log::debug!("{NAME}: {}: {error}", target.url);
             Unreached::from_request(&error)
         })?;
         let status = response.status();
-        let location = if status.is_redirection() {
-            let location = response.headers().get(reqwest::header::LOCATION).ok_or(Unreached::InvalidRedirect)?;
-            Some(location.to_str().map_err(|_| Unreached::InvalidRedirect)?.to_owned())
-        } else {
-            None
+        // Other 3xx (300, 304) name no single place to go: they are the answer.
+        let redirects = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
+        let location = match response.headers().get(reqwest::header::LOCATION) {
+            Some(location) if redirects => Some(location.to_str().map_err(|_| Unreached::InvalidRedirect)?.to_owned()),
+            _ => None,
         };
         // The body is dropped unread: the status is all the check needs.
         Ok((status, location))
@@ -90,7 +95,7 @@ impl EndpointReachable {
         // One refused address refuses the host: the connection could go to any of them.
         for addr in &addrs {
             if let Some(class) = refusal(addr.ip(), &self.allow) {
-                log::debug!("{NAME}: {} is {} ({class}), refused", target.host, addr.ip());
+                log::debug!("{NAME}: refused {} at {} ({class})", target.host, addr.ip());
                 return Err(Unreached::NotAllowed);
             }
         }
@@ -192,7 +197,7 @@ enum Unreached {
     InvalidRedirect,
     /// The node could not build its HTTP client: its own failure, not the target's.
     #[error("client unavailable")]
-    Client(reqwest::Error),
+    Client(String),
 }
 
 impl Unreached {
@@ -402,7 +407,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_target_answers_that_and_nothing_more() {
-        for url in ["http://127.0.0.1:1/", "http://[::1]/", "http://[::ffff:a9fe:a9fe]/latest/meta-data/"] {
+        for url in [
+            "http://127.0.0.1:1/",
+            "http://[::1]/",
+            "http://[::ffff:a9fe:a9fe]/latest/meta-data/",
+            // The URL parser reads these hosts as the IPv4 addresses browsers do.
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://0251.0376.0251.0376/",
+        ] {
             let answer = answer(&format!("\"{url}\"")).await.unwrap();
             assert_eq!(answer.json, serde_json::json!({"reachable": false, "error": "target not allowed"}), "{url}");
         }
