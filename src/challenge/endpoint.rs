@@ -265,32 +265,32 @@ const SIX_TO_FOUR: Ipv6Net = v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16);
 /// address through whatever its class, matched against the address and any IPv4 it carries.
 fn refusal(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
     let embedded = match ip {
-        IpAddr::V4(_) => Vec::new(),
+        IpAddr::V4(_) => None,
         IpAddr::V6(ip) => embedded_ipv4(ip),
     };
     let allowed = |ip: IpAddr| allow.iter().any(|net| net.contains(&ip));
-    if allowed(ip) || embedded.iter().any(|v4| allowed((*v4).into())) {
+    if allowed(ip) || embedded.is_some_and(|v4| allowed(v4.into())) {
         return None;
     }
     let class = match ip {
         IpAddr::V4(ip) => REFUSED_V4.iter().find(|(net, _)| net.contains(&ip)).map(|(_, class)| *class),
         IpAddr::V6(ip) => REFUSED_V6.iter().find(|(net, _)| net.contains(&ip)).map(|(_, class)| *class),
     };
-    class.or_else(|| embedded.into_iter().find_map(|v4| refusal(v4.into(), &[])))
+    class.or_else(|| refusal(embedded?.into(), &[]))
 }
 
-/// The IPv4 addresses an IPv6 address stands for: the forms that a host or a translator turns
-/// into an IPv4 connection, so a refused IPv4 address cannot be reached dressed as IPv6.
-fn embedded_ipv4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+/// The IPv4 address an IPv6 address stands for, in the forms a host or a translator turns into
+/// an IPv4 connection, so a refused IPv4 address cannot be reached dressed as IPv6.
+fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let o = ip.octets();
-    let at = |i: [usize; 4]| Ipv4Addr::new(o[i[0]], o[i[1]], o[i[2]], o[i[3]]);
-    let last = at([12, 13, 14, 15]);
-    if IPV4_MAPPED.contains(&ip) || IPV4_COMPATIBLE.contains(&ip) || NAT64_WELL_KNOWN.contains(&ip) {
-        vec![last]
+    // `::` and `::1` lie in the IPv4-compatible range but are IPv6's own (RFC 4291).
+    let compatible = IPV4_COMPATIBLE.contains(&ip) && !matches!(ip, Ipv6Addr::UNSPECIFIED | Ipv6Addr::LOCALHOST);
+    if IPV4_MAPPED.contains(&ip) || compatible || NAT64_WELL_KNOWN.contains(&ip) {
+        Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
     } else if SIX_TO_FOUR.contains(&ip) {
-        vec![at([2, 3, 4, 5])]
+        Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]))
     } else {
-        Vec::new()
+        None
     }
 }
 
@@ -382,6 +382,9 @@ mod tests {
         assert_eq!(refused("10.1.2.3", &["10.0.0.0/16"]), Some("private"));
         assert_eq!(refused("127.0.0.2", &["127.0.0.1/32"]), Some("loopback"));
         assert_eq!(refused("169.254.169.254", &["10.0.0.0/8"]), Some("cloud metadata"));
+        // IPv6's own loopback and unspecified addresses carry no IPv4 an IPv4 range could allow.
+        assert_eq!(refused("::1", &["0.0.0.0/0"]), Some("loopback"));
+        assert_eq!(refused("::", &["0.0.0.0/0"]), Some("unspecified"));
     }
 
     async fn answer(payload: &str) -> Result<Answer, ChallengeError> {
