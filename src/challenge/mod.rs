@@ -3,6 +3,7 @@
 //! module of its own, found by name in [`Challenges`]' table; the heavy ones (a matrix product, a
 //! model's round trip) run under one bound of `challenge.maxConcurrent`.
 
+mod endpoint;
 mod gpu;
 mod identity;
 mod model_probe;
@@ -141,8 +142,11 @@ pub struct Challenges {
 impl Challenges {
     /// `probe` reaches the backends for PROXY as the proxy does.
     pub fn new(config: &NodeConfig, node_key: Option<NodeKey>, probe: ModelProbe) -> Self {
-        let table: Vec<Box<dyn Challenge>> =
-            vec![Box::new(identity::Identity::new(node_key, &config.public_ip)), Box::new(probe)];
+        let table: Vec<Box<dyn Challenge>> = vec![
+            Box::new(identity::Identity::new(node_key, &config.public_ip)),
+            Box::new(endpoint::EndpointReachable::new(&config.challenge)),
+            Box::new(probe),
+        ];
         let max_concurrent = config.challenge.max_concurrent;
         Self {
             table,

@@ -429,6 +429,7 @@ pub struct ChallengeSettings {
     pub matrix_max_dim: usize,
     /// MATRIX_MULTIPLICATION and PROXY challenges running at once; more are answered 429.
     pub max_concurrent: usize,
+    /// The longest an ENDPOINT_REACHABLE check waits to connect to each hop.
     #[serde(deserialize_with = "yaml::positive_duration")]
     pub endpoint_connect_timeout: Duration,
     /// The longest an ENDPOINT_REACHABLE check may take, redirects included.

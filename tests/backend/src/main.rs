@@ -17,6 +17,8 @@
 //! the values received of `Host`, `Content-Length` and `Transfer-Encoding` as `x-backend-host`,
 //! `x-backend-content-length` and `x-backend-transfer-encoding` (`-` when absent).
 //! `GET /stats` reports connections accepted, requests served and streams cut short.
+//! For ENDPOINT_REACHABLE: `GET /redirect?to=<percent-encoded URL>` answers 302 to that URL, and
+//! `GET /status/<code>` answers that status with a short body.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -182,6 +184,11 @@ impl Backend {
             return Response::new(full(stats.to_string()));
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if request.method() == hyper::Method::GET {
+            if let Some(response) = reachability_target(&path) {
+                return response;
+            }
+        }
         let fault: Option<String> = header_value(&request, "x-test-fault");
         let delay = Duration::from_millis(header_value(&request, "x-test-delay-ms").unwrap_or(0));
         let chunks = header_value(&request, "x-test-chunks").unwrap_or(self.args.chunks);
@@ -337,6 +344,31 @@ fn fed_body(cut: Option<Cut>) -> (Sender<Bytes, std::io::Error>, Body) {
         _ => body.boxed(),
     };
     (sender, body)
+}
+
+/// The answers of `/redirect?to=` and `/status/<code>`; none for other paths.
+fn reachability_target(path: &str) -> Option<Response<Body>> {
+    if let Some(query) = path.strip_prefix("/redirect?") {
+        let Some((_, to)) = form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "to") else {
+            return Some(status(StatusCode::BAD_REQUEST, "/redirect needs ?to=<percent-encoded URL>"));
+        };
+        let mut response = Response::new(full("redirecting"));
+        *response.status_mut() = StatusCode::FOUND;
+        match to.parse() {
+            Ok(location) => response.headers_mut().insert(hyper::header::LOCATION, location),
+            Err(_) => return Some(status(StatusCode::BAD_REQUEST, "`to` is not a header value")),
+        };
+        return Some(response);
+    }
+    let code = path.strip_prefix("/status/")?;
+    Some(match code.parse::<u16>().ok().and_then(|code| StatusCode::from_u16(code).ok()) {
+        Some(code) => {
+            let mut response = Response::new(full(format!("status {}", code.as_u16())));
+            *response.status_mut() = code;
+            response
+        }
+        None => status(StatusCode::BAD_REQUEST, "/status/<code> needs an HTTP status code"),
+    })
 }
 
 fn status(code: StatusCode, message: &str) -> Response<Body> {
