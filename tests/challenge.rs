@@ -188,3 +188,145 @@ async fn heavy_challenges_beyond_max_concurrent_are_told_to_retry() {
     let third = challenge(&node, body).await;
     assert_eq!(third.status(), 200, "the permit is returned");
 }
+
+/// Checks a MATRIX_MULTIPLICATION answer for `a`×`b` with Python (`tests/python/matmul_check.py`).
+fn python_checks_product(a: &serde_json::Value, b: &serde_json::Value, answer: &serde_json::Value) {
+    let case = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(case.path(), json!({"A": a, "B": b, "answer": answer}).to_string()).unwrap();
+    assert_eq!(python(&["matmul_check.py", case.path().to_str().unwrap()]).trim(), "ok");
+}
+
+#[tokio::test]
+async fn matrix_products_match_an_independent_computation() {
+    let node = Node::start_for(NO_BACKEND, "");
+    // Integers: Python's product is exact, so C and the merkle root must match to the byte.
+    let a: Vec<Vec<i64>> = (0..7).map(|i| (0..5).map(|j| (i * 5 + j) % 11 - 5).collect()).collect();
+    let b: Vec<Vec<i64>> = (0..5).map(|i| (0..3).map(|j| (i * 3 + j * 7) % 13 - 6).collect()).collect();
+    let (a, b) = (json!(a), json!(b));
+    for payload in [json!({"A": a, "B": b}), json!({"matrixA": a, "matrixB": b, "backend": "cuda", "precision": "fp64"})]
+    {
+        let response = challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": payload})).await;
+        assert_eq!(response.status(), 200);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["backend"], "cpu", "a GPU backend asked of this node falls back: {answer}");
+        assert_eq!(answer["flops"], 2 * 7 * 5 * 3);
+        python_checks_product(&a, &b, &answer);
+    }
+    // Fractions: C within tolerance, the merkle root over the node's own C.
+    let a = json!([[0.1, 0.2, 0.3], [1.5, -2.25, 1e-3]]);
+    let b = json!([[1.0 / 3.0, 2.5], [0.7, -0.125], [3.0, 1e6]]);
+    let answer: serde_json::Value =
+        challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": {"A": a, "B": b}})).await.json().await.unwrap();
+    python_checks_product(&a, &b, &answer);
+    // A random product of 128: no C above 100, but its samples and a merkle root.
+    let answer: serde_json::Value =
+        challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": {"size": 128}})).await.json().await.unwrap();
+    assert!(answer.get("C").is_none(), "{answer}");
+    assert_eq!(answer["resultSamples"].as_array().map(Vec::len), Some(2), "{answer}");
+    assert_eq!(answer["merkleRoot"].as_str().map(str::len), Some(66), "{answer}");
+}
+
+#[tokio::test]
+async fn bad_matrix_payloads_are_refused_with_what_was_expected() {
+    let node = Node::start_for(NO_BACKEND, "challenge:\n  matrixMaxDim: 64\n");
+    for payload in [
+        json!({"A": [[1, 2], [3]], "B": [[1], [2]]}),
+        json!({"A": [[1, 2]], "B": [[1, 2]]}),
+        json!({"A": [], "B": []}),
+        json!({"A": [["x"]], "B": [[1]]}),
+        json!({"A": [[1e308]], "B": [[1e308]]}),
+        json!({"size": 65}),
+        json!({"size": 0}),
+        json!({"size": -3}),
+        json!({"size": 8, "backend": "tpu"}),
+        json!({"size": 8, "precision": "fp16"}),
+        json!({"B": [[1]]}),
+        json!([1, 2]),
+    ] {
+        let response = challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": payload})).await;
+        let (status, error) = api_error(response).await;
+        assert_eq!((status, error["code"].as_str()), (400, Some("invalid_challenge")), "{payload}: {error}");
+        assert!(error["message"].as_str().unwrap().starts_with("MATRIX_MULTIPLICATION payload"), "{error}");
+    }
+    let response = challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": {"size": 65}})).await;
+    let (_, error) = api_error(response).await;
+    assert!(error["message"].as_str().unwrap().contains("challenge.matrixMaxDim"), "{error}");
+}
+
+/// Reads an SSE response, returning the arrival time of each event, in microseconds.
+async fn event_arrivals(mut response: reqwest::Response) -> Vec<u128> {
+    let mut arrivals = Vec::new();
+    let mut pending = Vec::new();
+    while let Some(chunk) = response.chunk().await.expect("stream chunk") {
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            pending.drain(..end + 2);
+            arrivals.push(unix_micros());
+        }
+    }
+    arrivals
+}
+
+#[tokio::test]
+async fn streams_keep_flowing_while_a_large_product_runs() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&backend.url(), "");
+    let stream = |node: &Node| {
+        gateway_post(node, "/v1/chat/completions", chat_body(512, true))
+            .header("x-test-chunks", "20")
+            .header("x-test-interval-ms", "100")
+            .send()
+    };
+    // The stream's own pace, with nothing else running.
+    let alone = event_arrivals(stream(&node).await.unwrap()).await;
+    let product = challenge_owned(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": {"size": 2048}}));
+    let matmul = tokio::spawn(async move {
+        let response = product.await;
+        (unix_micros(), response)
+    });
+    let beside = event_arrivals(stream(&node).await.unwrap()).await;
+    let (answered_at, response) = matmul.await.unwrap();
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert!(answer["computationTimeMs"].as_f64().is_some(), "the product answered: {answer}");
+    assert!(answered_at > beside[2], "the product was still running while the stream flowed");
+    let largest_gap = |arrivals: &[u128]| arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let (alone_gap, beside_gap) = (largest_gap(&alone), largest_gap(&beside));
+    assert_eq!(beside.len(), alone.len());
+    // 100 ms apart at the backend; a stream held up behind the product would see a gap of its length.
+    assert!(beside_gap < alone_gap + 80_000, "largest gap {beside_gap} µs beside the product, {alone_gap} µs alone");
+}
+
+/// [`challenge`] for a spawned task.
+fn challenge_owned(node: &Node, body: serde_json::Value) -> impl std::future::Future<Output = reqwest::Response> {
+    let request = signed_post(&scheduler_key(), node.url("/challenge"), body.to_string().into_bytes());
+    async move { request.send().await.expect("request to fxn") }
+}
+
+#[tokio::test]
+async fn the_challenge_script_sends_every_type() {
+    let backend = TestBackend::start_with(&["--chunks", "2", "--interval-ms", "5"]);
+    let key = fxn_node::keys::NodeKey::generate();
+    let models = format!("models:\n  \"fxn/test-model\":\n    url: \"{}\"\n", backend.url());
+    let files = NodeFiles::new(&models, "challenge:\n  endpointAllow: [\"127.0.0.1/32\"]\n")
+        .with_node_key(&key)
+        .with_node_settings("  publicIp: \"203.0.113.7\"\n");
+    let node = Node::start(files);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/send_challenge_request.sh");
+    for (body, expected) in [
+        (json!({"type": "IDENTITY", "payload": {}}), "\"publicKey\""),
+        (json!({"type": "MATRIX_MULTIPLICATION", "payload": {"A": [[1, 2]], "B": [[3], [4]]}}), "\"merkleRoot\""),
+        (json!({"type": "ENDPOINT_REACHABLE", "payload": format!("{}/status/204", backend.url())}), "\"reachable\":true"),
+        (json!({"type": "PROXY", "payload": {"model": "fxn/test-model"}}), "\"completionTokens\":2"),
+    ] {
+        let mut command = std::process::Command::new(&script);
+        command
+            .arg(body.to_string())
+            .env("NODE_URL", node.url(""))
+            .env("FXN", FXN)
+            .env("PRIVATE_KEY", hex::encode(scheduler_key().signing_key.to_bytes()));
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success() && stdout.contains(expected), "{body}: {stdout} {stderr}");
+    }
+}
