@@ -190,7 +190,7 @@ pub(super) fn optional_address<'de, D: Deserializer<'de>>(
 pub(super) fn addresses<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<ethers_core::types::Address>, D::Error> {
-    every_entry(deserializer, |text| parse_address(text))
+    every_entry(deserializer, parse_address)
 }
 
 /// A list of strings, each parsed by `parse`, with every bad entry in one message: serde stops
