@@ -5,6 +5,7 @@
 
 mod gpu;
 mod identity;
+mod matmul;
 mod stats;
 
 use std::ops::Range;
@@ -22,6 +23,7 @@ use crate::keys::NodeKey;
 use crate::routing::RoutingError;
 pub use gpu::GpuStat;
 pub use identity::identity_signature;
+pub use matmul::MatrixMultiplication;
 pub use stats::{ChallengeStats, Outcome, Tally};
 
 /// The types this node answers, as the scheduler names them.
@@ -138,7 +140,10 @@ pub struct Challenges {
 
 impl Challenges {
     pub fn new(config: &NodeConfig, node_key: Option<NodeKey>) -> Self {
-        let table: Vec<Box<dyn Challenge>> = vec![Box::new(identity::Identity::new(node_key, &config.public_ip))];
+        let table: Vec<Box<dyn Challenge>> = vec![
+            Box::new(identity::Identity::new(node_key, &config.public_ip)),
+            Box::new(matmul::MatrixMultiplication::new(config.challenge.matrix_max_dim)),
+        ];
         let max_concurrent = config.challenge.max_concurrent;
         Self {
             table,
