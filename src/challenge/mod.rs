@@ -6,6 +6,7 @@
 mod endpoint;
 mod gpu;
 mod identity;
+mod matmul;
 mod model_probe;
 mod stats;
 
@@ -24,6 +25,7 @@ use crate::keys::NodeKey;
 use crate::routing::RoutingError;
 pub use gpu::GpuStat;
 pub use identity::identity_signature;
+pub use matmul::MatrixMultiplication;
 pub use model_probe::ModelProbe;
 pub use stats::{ChallengeStats, Outcome, Tally};
 
@@ -144,6 +146,7 @@ impl Challenges {
     pub fn new(config: &NodeConfig, node_key: Option<NodeKey>, probe: ModelProbe) -> Self {
         let table: Vec<Box<dyn Challenge>> = vec![
             Box::new(identity::Identity::new(node_key, &config.public_ip)),
+            Box::new(matmul::MatrixMultiplication::new(config.challenge.matrix_max_dim)),
             Box::new(endpoint::EndpointReachable::new(&config.challenge)),
             Box::new(probe),
         ];
