@@ -203,7 +203,8 @@ async fn matrix_products_match_an_independent_computation() {
     let a: Vec<Vec<i64>> = (0..7).map(|i| (0..5).map(|j| (i * 5 + j) % 11 - 5).collect()).collect();
     let b: Vec<Vec<i64>> = (0..5).map(|i| (0..3).map(|j| (i * 3 + j * 7) % 13 - 6).collect()).collect();
     let (a, b) = (json!(a), json!(b));
-    for payload in [json!({"A": a, "B": b}), json!({"matrixA": a, "matrixB": b, "backend": "cuda", "precision": "fp64"})]
+    for payload in
+        [json!({"A": a, "B": b}), json!({"matrixA": a, "matrixB": b, "backend": "cuda", "precision": "fp64"})]
     {
         let response = challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": payload})).await;
         assert_eq!(response.status(), 200);
@@ -216,11 +217,19 @@ async fn matrix_products_match_an_independent_computation() {
     let a = json!([[0.1, 0.2, 0.3], [1.5, -2.25, 1e-3]]);
     let b = json!([[1.0 / 3.0, 2.5], [0.7, -0.125], [3.0, 1e6]]);
     let answer: serde_json::Value =
-        challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": {"A": a, "B": b}})).await.json().await.unwrap();
+        challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": {"A": a, "B": b}}))
+            .await
+            .json()
+            .await
+            .unwrap();
     python_checks_product(&a, &b, &answer);
     // A random product of 128: no C above 100, but its samples and a merkle root.
     let answer: serde_json::Value =
-        challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": {"size": 128}})).await.json().await.unwrap();
+        challenge(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": {"size": 128}}))
+            .await
+            .json()
+            .await
+            .unwrap();
     assert!(answer.get("C").is_none(), "{answer}");
     assert_eq!(answer["resultSamples"].as_array().map(Vec::len), Some(2), "{answer}");
     assert_eq!(answer["merkleRoot"].as_str().map(str::len), Some(66), "{answer}");
@@ -315,7 +324,10 @@ async fn the_challenge_script_sends_every_type() {
     for (body, expected) in [
         (json!({"type": "IDENTITY", "payload": {}}), "\"publicKey\""),
         (json!({"type": "MATRIX_MULTIPLICATION", "payload": {"A": [[1, 2]], "B": [[3], [4]]}}), "\"merkleRoot\""),
-        (json!({"type": "ENDPOINT_REACHABLE", "payload": format!("{}/status/204", backend.url())}), "\"reachable\":true"),
+        (
+            json!({"type": "ENDPOINT_REACHABLE", "payload": format!("{}/status/204", backend.url())}),
+            "\"reachable\":true",
+        ),
         (json!({"type": "PROXY", "payload": {"model": "fxn/test-model"}}), "\"completionTokens\":2"),
     ] {
         let mut command = std::process::Command::new(&script);
