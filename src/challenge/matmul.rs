@@ -88,6 +88,7 @@ impl MatrixMultiplication {
             }
             return Ok(rayon::join(|| Matrix::random(n), || Matrix::random(n)));
         }
+        // `A` is read when both it and `matrixA` are given (and `B` over `matrixB`).
         let missing = |name| ChallengeError::payload(NAME, format!("{name} is missing; expected {SHAPE}"));
         let a = request.a.or(request.matrix_a).ok_or_else(|| missing("A (or matrixA)"))?;
         let b = request.b.or(request.matrix_b).ok_or_else(|| missing("B (or matrixB)"))?;
