@@ -262,18 +262,24 @@ async fn bad_matrix_payloads_are_refused_with_what_was_expected() {
     assert!(error["message"].as_str().unwrap().contains("challenge.matrixMaxDim"), "{error}");
 }
 
-/// Reads an SSE response, returning the arrival time of each event, in microseconds.
-async fn event_arrivals(mut response: reqwest::Response) -> Vec<u128> {
-    let mut arrivals = Vec::new();
+/// Reads an SSE stream of the test backend, returning how long each event took from the
+/// backend's send (its `sent_at_us` stamp) to its arrival here, in microseconds.
+async fn event_delays(mut response: reqwest::Response) -> Vec<u128> {
+    let mut delays = Vec::new();
     let mut pending = Vec::new();
     while let Some(chunk) = response.chunk().await.expect("stream chunk") {
+        let arrived = unix_micros();
         pending.extend_from_slice(&chunk);
         while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
-            pending.drain(..end + 2);
-            arrivals.push(unix_micros());
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            let data = std::str::from_utf8(&event).unwrap().trim().trim_start_matches("data: ");
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(data) {
+                let sent: u128 = event["sent_at_us"].as_str().unwrap().parse().unwrap();
+                delays.push(arrived.saturating_sub(sent));
+            }
         }
     }
-    arrivals
+    delays
 }
 
 #[tokio::test]
@@ -286,23 +292,29 @@ async fn streams_keep_flowing_while_a_large_product_runs() {
             .header("x-test-interval-ms", "100")
             .send()
     };
-    // The stream's own pace, with nothing else running.
-    let alone = event_arrivals(stream(&node).await.unwrap()).await;
+    // The node's own delay per event, with nothing else running.
+    let alone = event_delays(stream(&node).await.unwrap()).await;
+    let asked_at = unix_micros();
     let product = challenge_owned(&node, json!({"type": "MATRIX_MULTIPLICATION", "payload": {"size": 2048}}));
     let matmul = tokio::spawn(async move {
         let response = product.await;
         (unix_micros(), response)
     });
-    let beside = event_arrivals(stream(&node).await.unwrap()).await;
+    let beside = event_delays(stream(&node).await.unwrap()).await;
     let (answered_at, response) = matmul.await.unwrap();
     let answer: serde_json::Value = response.json().await.unwrap();
     assert!(answer["computationTimeMs"].as_f64().is_some(), "the product answered: {answer}");
-    assert!(answered_at > beside[2], "the product was still running while the stream flowed");
-    let largest_gap = |arrivals: &[u128]| arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    let (alone_gap, beside_gap) = (largest_gap(&alone), largest_gap(&beside));
-    assert_eq!(beside.len(), alone.len());
-    // 100 ms apart at the backend; a stream held up behind the product would see a gap of its length.
-    assert!(beside_gap < alone_gap + 80_000, "largest gap {beside_gap} µs beside the product, {alone_gap} µs alone");
+    assert_eq!((alone.len(), beside.len()), (20, 20));
+    let (alone_max, beside_max) = (*alone.iter().max().unwrap(), *beside.iter().max().unwrap());
+    let product_took = answered_at - asked_at;
+    assert!(product_took > 300_000, "the product ran beside at least three events ({product_took} µs)");
+    // A stream held up behind the product would wait for most of it; one that flows is only
+    // slowed by sharing the cores (two, on the CI machine).
+    eprintln!("largest event delay: {alone_max} µs alone, {beside_max} µs beside a product of {product_took} µs");
+    assert!(
+        beside_max < alone_max + 100_000 && beside_max < product_took / 2,
+        "an event waited {beside_max} µs beside a product of {product_took} µs ({alone_max} µs alone)"
+    );
 }
 
 /// [`challenge`] for a spawned task.
