@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
-use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -201,7 +202,9 @@ struct Matrix<T> {
 impl Matrix<f64> {
     /// Elements uniform in [0, 1).
     fn random(n: usize) -> Self {
-        let mut rng = rand::thread_rng();
+        // The operands need no secrecy, only speed: a small generator seeded from the thread's
+        // makes them several times faster than the thread's own cryptographic one.
+        let mut rng = SmallRng::from_rng(rand::thread_rng()).unwrap_or_else(|_| SmallRng::from_entropy());
         Self { rows: n, cols: n, data: (0..n * n).map(|_| rng.gen()).collect() }
     }
 
@@ -284,51 +287,63 @@ fn merkle_root(elements: &[f64]) -> String {
 
 /// Appends `value` as C's `%.6f` writes it (and Rust's `{:.6}`): the exact binary value rounded
 /// half to even at the sixth decimal, the sign kept on values that round to zero. `format!` takes
-/// about 90 ns an element, as long as a 1024² product; this, a tenth of that.
+/// about 90 ns an element, as long as a 1024² product; this, a small fraction of that.
 fn push_fixed6(out: &mut Vec<u8>, value: f64) {
     let bits = value.to_bits();
     let biased = ((bits >> 52) & 0x7ff) as i32;
     let fraction = bits & ((1 << 52) - 1);
     // value = mantissa · 2^exponent exactly.
     let (mantissa, exponent) = if biased == 0 { (fraction, -1074) } else { (fraction | 1 << 52, biased - 1075) };
-    // From 2^128 up (and for inf and NaN, which the product check keeps out) std does it.
-    if biased == 0x7ff || exponent > 74 {
+    let Some(millionths) = millionths(mantissa, exponent) else {
+        // From 2^52 up, whole numbers, and from about 1.8e13 the millionths overflow a u64: rare
+        // in a product, and std writes them exactly (as it does inf and NaN, which the product
+        // check keeps out).
         write!(out, "{value:.6}").expect("writing to a Vec cannot fail");
         return;
-    }
-    if bits >> 63 == 1 {
-        out.push(b'-');
-    }
-    let mut integers = itoa::Buffer::new();
-    if exponent >= 0 {
-        out.extend_from_slice(integers.format(u128::from(mantissa) << exponent).as_bytes());
-        out.extend_from_slice(b".000000");
-        return;
-    }
-    // The value in millionths, rounded: mantissa · 10^6 < 2^73, so from a shift of 74 on it is
-    // below one half and rounds to 0.
-    let shift = exponent.unsigned_abs();
-    let scaled = u128::from(mantissa) * 1_000_000;
-    let millionths = if shift >= 74 {
-        0
-    } else {
-        let quotient = scaled >> shift;
-        let remainder = scaled & ((1 << shift) - 1);
-        let half = 1u128 << (shift - 1);
-        quotient + u128::from(remainder > half || (remainder == half && quotient & 1 == 1))
     };
-    // Below 2^73, so the integer part fits a u64; u128 division is the slow path.
-    let (whole, mut decimals) = match u64::try_from(millionths) {
-        Ok(small) => (small / 1_000_000, small % 1_000_000),
-        Err(_) => ((millionths / 1_000_000) as u64, (millionths % 1_000_000) as u64),
+    // Written back to front into one buffer, then appended at once: a u64 has at most 20 digits.
+    let mut text = [0u8; 22];
+    let mut start = text.len();
+    let mut put = |byte: u8| {
+        start -= 1;
+        text[start] = byte;
     };
-    out.extend_from_slice(integers.format(whole).as_bytes());
-    let mut digits = *b".000000";
-    for digit in digits[1..].iter_mut().rev() {
-        *digit = b'0' + (decimals % 10) as u8;
+    let (mut whole, mut decimals) = (millionths / 1_000_000, millionths % 1_000_000);
+    for _ in 0..6 {
+        put(b'0' + (decimals % 10) as u8);
         decimals /= 10;
     }
-    out.extend_from_slice(&digits);
+    put(b'.');
+    loop {
+        put(b'0' + (whole % 10) as u8);
+        whole /= 10;
+        if whole == 0 {
+            break;
+        }
+    }
+    if bits >> 63 == 1 {
+        put(b'-');
+    }
+    out.extend_from_slice(&text[start..]);
+}
+
+/// `mantissa · 2^exponent` in millionths, rounded half to even, when the value has a fraction
+/// (`exponent < 0`) and the result fits a u64.
+fn millionths(mantissa: u64, exponent: i32) -> Option<u64> {
+    if exponent >= 0 {
+        return None;
+    }
+    // mantissa · 10^6 < 2^73, so from a shift of 74 on the value is below half a millionth.
+    let shift = exponent.unsigned_abs();
+    if shift >= 74 {
+        return Some(0);
+    }
+    let scaled = u128::from(mantissa) * 1_000_000;
+    let quotient = scaled >> shift;
+    let remainder = scaled & ((1 << shift) - 1);
+    let half = 1u128 << (shift - 1);
+    let rounded = quotient + u128::from(remainder > half || (remainder == half && quotient & 1 == 1));
+    u64::try_from(rounded).ok()
 }
 
 /// Reads one operand into a row-major [`Matrix`], checking its shape and bounds as it goes.
