@@ -73,10 +73,11 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     service.add_listener(ListenerConfig::tcp(node.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     pingora_server.add_service(service);
     log::info!(
-        "fxn {} listening on {} serving {} model entries; node address {}",
+        "fxn {} listening on {} serving {} model entries (model_backend.yaml read in {}); node address {}",
         env!("CARGO_PKG_VERSION"),
         node.listen,
         models.models.len() + usize::from(models.default.is_some()),
+        models.form,
         node_key.map_or_else(|| "not set (node.keyFile)".to_string(), |key| key.checksummed_address()),
     );
     pingora_server.run_forever()

@@ -79,16 +79,20 @@ fn check_reports_every_type_error_of_a_section() {
 }
 
 #[test]
-fn check_says_which_form_of_model_backend_yaml_it_read() {
+fn check_and_start_say_which_form_of_model_backend_yaml_they_read() {
     let flat =
         "backendProvider: \"vllm\"\nfxnId: \"2\"\napiKey: \"\"\nmodelNameAlias: \"Qwen/Qwen2.5-7B-Instruct-AWQ\"\n";
     for (text, form) in [
         ("models:\n  m: {url: \"http://127.0.0.1:9\", alias: \"served-name\", fxn_id: 3}\n", "the map form (`models`)"),
         (flat, "the flat form (`backendProvider: vllm`), as one `default` entry"),
     ] {
-        let (code, stdout, stderr) = check(&NodeFiles::new(text, ""));
+        let files = NodeFiles::new(text, "");
+        let (code, stdout, stderr) = check(&files);
         assert_eq!(code, 0, "{stderr}");
         assert!(stdout.contains(&format!("model_backend.yaml: read in {form}")), "{stdout}");
+        let log = Node::start(files).log();
+        let start_line = log.lines().find(|line| line.contains(" INFO ") && line.contains("listening on"));
+        assert!(start_line.is_some_and(|line| line.contains(&format!("(model_backend.yaml read in {form})"))), "{log}");
     }
 }
 
