@@ -120,6 +120,11 @@ impl Router {
         }
     }
 
+    /// Whether `model` has an entry of its own.
+    pub fn lists(&self, model: &str) -> bool {
+        self.routes.contains_key(model)
+    }
+
     /// The backend for `model`: its own entry, else the `default` entry.
     pub fn select(&self, model: &str) -> Result<Arc<ModelRoute>, RoutingError> {
         self.routes

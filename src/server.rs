@@ -64,6 +64,12 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
         NonceSweeper { nonces, interval: node.nonce_cache.cleanup_interval },
     ));
 
+    // Registered now, so the first scrape already shows the build and process.
+    crate::metrics::metrics();
+    let mut metrics_service = pingora_prometheus::prometheus_http_service();
+    metrics_service.add_tcp(&node.metrics.listen_address.to_string());
+    pingora_server.add_service(metrics_service);
+
     let conf = pingora_server.configuration.clone();
     let connector = Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(&conf))));
     let probe = ModelProbe::new(router.clone(), connector.clone(), conf.max_retries);
@@ -73,9 +79,10 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     service.add_listener(ListenerConfig::tcp(node.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     pingora_server.add_service(service);
     log::info!(
-        "fxn {} listening on {} serving {} model entries (model_backend.yaml read in {}); node address {}",
+        "fxn {} listening on {} (metrics on {}) serving {} model entries (model_backend.yaml read in {}); node address {}",
         env!("CARGO_PKG_VERSION"),
         node.listen,
+        node.metrics.listen_address,
         models.models.len() + usize::from(models.default.is_some()),
         models.form,
         node_key.map_or_else(|| "not set (node.keyFile)".to_string(), |key| key.checksummed_address()),

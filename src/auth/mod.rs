@@ -34,14 +34,18 @@ pub enum Role {
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Gateway => "gateway",
-            Self::Scheduler => "scheduler",
-        })
+        f.write_str(self.as_str())
     }
 }
 
 impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Scheduler => "scheduler",
+        }
+    }
+
     fn other(self) -> Self {
         match self {
             Self::Gateway => Self::Scheduler,

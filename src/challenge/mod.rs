@@ -168,7 +168,10 @@ impl Challenges {
             Err(error) => return (None, Err(error)),
         };
         let result = self.run(challenge, payload).await;
-        self.stats.record(challenge.name(), &result, started.elapsed());
+        let took = started.elapsed();
+        self.stats.record(challenge.name(), &result, took);
+        let figures = result.as_ref().map(|answer| answer.figures).unwrap_or_default();
+        crate::metrics::metrics().challenge_finished(challenge.name(), Outcome::of(&result).as_str(), took, &figures);
         (Some(challenge.name()), result)
     }
 

@@ -20,7 +20,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn of(result: &Result<Answer, ChallengeError>) -> Self {
+    pub(super) fn of(result: &Result<Answer, ChallengeError>) -> Self {
         match result {
             Ok(_) => Self::Answered,
             Err(ChallengeError::Busy(_)) => Self::Busy,

@@ -16,8 +16,9 @@ pub use model_backend::{
     Backend, BackendAuth, BackendProvider, FileForm, ModelBackends, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY,
 };
 pub use node::{
-    AuthSettings, ChallengeSettings, Limits, LogSettings, NodeConfig, NonceBackend, NonceCacheSettings,
-    OnRedisUnavailable, ProxySettings, PublicIp, RedisSettings, RegistrySettings, RpcSettings, StaticSigners,
+    AuthSettings, ChallengeSettings, Limits, LogSettings, MetricsSettings, NodeConfig, NonceBackend,
+    NonceCacheSettings, OnRedisUnavailable, ProxySettings, PublicIp, RedisSettings, RegistrySettings, RpcSettings,
+    StaticSigners,
 };
 pub use server_conf::load_server_conf;
 pub use yaml::{format_duration, parse_address, parse_duration, parse_http_url};

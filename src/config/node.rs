@@ -22,6 +22,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
     "auth",
     "challenge",
+    "metrics",
 ];
 
 /// The validated contents of `config.yaml`.
@@ -38,6 +39,7 @@ pub struct NodeConfig {
     pub limits: Limits,
     pub auth: AuthSettings,
     pub challenge: ChallengeSettings,
+    pub metrics: MetricsSettings,
 }
 
 impl NodeConfig {
@@ -71,6 +73,7 @@ impl NodeConfig {
         let limits: Limits = typed(path, "limits", section("limits"), &mut errors);
         let auth: AuthSettings = typed(path, "auth", section("auth"), &mut errors);
         let challenge: ChallengeSettings = typed(path, "challenge", section("challenge"), &mut errors);
+        let metrics: MetricsSettings = typed(path, "metrics", section("metrics"), &mut errors);
 
         if node.listen_port == 0 {
             errors.push(ConfigError::new(path, "node.listenPort", "must be a port from 1 to 65535"));
@@ -156,6 +159,7 @@ impl NodeConfig {
             limits,
             auth,
             challenge,
+            metrics,
         })
     }
 }
@@ -453,6 +457,20 @@ impl Default for ChallengeSettings {
     }
 }
 
+/// `metrics`: where Prometheus scrapes the node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct MetricsSettings {
+    /// Apart from the signed port, so that metrics need no signature and can stay off the network.
+    pub listen_address: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { listen_address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100) }
+    }
+}
+
 /// `auth`: how signed requests are checked.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -668,6 +686,15 @@ schedulerAddress: "0x12"
         );
         let message = errors.to_string();
         assert!(message.contains("`10.0.0.0/33`") && message.contains("`x`"), "{message}");
+    }
+
+    #[test]
+    fn metrics_listen_address_is_read_and_checked() {
+        assert_eq!(parse("").unwrap().metrics.listen_address, "127.0.0.1:9100".parse().unwrap());
+        let config = parse("metrics: {listenAddress: \"0.0.0.0:9464\"}").unwrap();
+        assert_eq!(config.metrics.listen_address, "0.0.0.0:9464".parse().unwrap());
+        let errors = parse("metrics: {listenAddress: \"localhost\"}").unwrap_err();
+        assert_eq!(errors.keys(), ["metrics.listenAddress"], "{errors}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub(crate) use upstream::{Exchange, ResponseObserver};
 use crate::auth::{Authenticator, Role, Signer};
 use crate::challenge::Challenges;
 use crate::config::Limits;
+use crate::metrics::{metrics, InFlight, RequestRecord};
 use crate::routing::Router;
 
 /// What a path is, once its method is checked.
@@ -90,6 +91,7 @@ pub(crate) struct RequestCtx {
     signer: Option<Signer>,
     /// The challenge type `/challenge` was asked, once known.
     challenge: Option<&'static str>,
+    _in_flight: InFlight,
 }
 
 /// How `request_filter` ended.
@@ -186,6 +188,19 @@ impl NodeProxy {
     }
 }
 
+impl NodeProxy {
+    /// The `model` label of a request: the name asked for when model_backend.yaml lists it,
+    /// `other` for any other name (served by `default`, or not at all), `none` before a body
+    /// was read.
+    fn metric_model<'a>(&self, ctx: &'a RequestCtx) -> &'a str {
+        match ctx.model.as_deref() {
+            Some(model) if self.router.lists(model) => model,
+            Some(_) => "other",
+            None => "none",
+        }
+    }
+}
+
 async fn respond(session: &mut Session, status: u16, content_type: &str, body: Bytes) -> Result<(), Rejected> {
     api_error::write_response(session, status, content_type, None, body).await.map_err(Rejected::Failed)
 }
@@ -203,6 +218,7 @@ impl ProxyHttp for NodeProxy {
             body_len: 0,
             signer: None,
             challenge: None,
+            _in_flight: metrics().request_started(),
         }
     }
 
@@ -211,6 +227,9 @@ impl ProxyHttp for NodeProxy {
             Ok(Handled::Forward) => Ok(false),
             Ok(Handled::Answered) => Ok(true),
             Err(Rejected::Answer(error)) => {
+                if error.code.kind() == "authentication_error" {
+                    metrics().auth_failed(error.code.as_str());
+                }
                 if error.status == 413 {
                     // The unread remainder of the body makes the connection unusable.
                     session.set_keepalive(None);
@@ -319,12 +338,21 @@ impl ProxyHttp for NodeProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        metrics().request_finished(&RequestRecord {
+            route: ctx.endpoint.map_or("unknown", Endpoint::path),
+            model: self.metric_model(ctx),
+            status,
+            role: ctx.signer.map_or("none", |signer| signer.role.as_str()),
+            duration: ctx.started.elapsed(),
+            body_bytes: ctx.body_len,
+            upstream: ctx.exchange.as_ref().map(|exchange| exchange.observer.upstream_record(&exchange.route.entry)),
+        });
         let level = if error.is_some() { log::Level::Warn } else { log::Level::Info };
         // This runs for every request: build the line only when it will be written.
         if !log::log_enabled!(level) {
             return;
         }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let path = ctx.endpoint.map_or("(unknown path)", Endpoint::path);
         let model = ctx.model.as_deref().unwrap_or("-");
         let (entry, backend, response) = match &ctx.exchange {

@@ -16,6 +16,17 @@ pub(crate) struct ResponseLog {
     events: Option<SseEventCounter>,
 }
 
+impl ResponseLog {
+    pub(crate) fn upstream_record<'a>(&self, entry: &'a str) -> crate::metrics::UpstreamRecord<'a> {
+        crate::metrics::UpstreamRecord {
+            entry,
+            ttfb: self.ttfb,
+            bytes_out: self.bytes_out,
+            events: self.events.map(|counter| counter.events),
+        }
+    }
+}
+
 impl ResponseObserver for ResponseLog {
     fn on_response(&mut self, response: &ResponseHeader, ttfb: Duration) {
         self.ttfb = Some(ttfb);

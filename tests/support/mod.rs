@@ -90,6 +90,8 @@ const NODE_SETTINGS_FILE: &str = "node_settings.yaml";
 pub struct NodeFiles {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Where the node serves its metrics.
+    pub metrics_port: u16,
 }
 
 impl NodeFiles {
@@ -109,7 +111,7 @@ impl NodeFiles {
             dir.path().display()
         );
         std::fs::write(dir.path().join("fxn.yaml"), conf).unwrap();
-        let mut files = Self { dir, port: 0 };
+        let mut files = Self { dir, port: 0, metrics_port: 0 };
         files.pick_port();
         files
     }
@@ -137,12 +139,15 @@ impl NodeFiles {
         let key_file =
             if key_file.exists() { format!("  keyFile: \"{}\"\n", key_file.display()) } else { String::new() };
         let node_settings = std::fs::read_to_string(self.path(NODE_SETTINGS_FILE)).unwrap_or_default();
+        self.metrics_port = free_port();
         let config = format!(
             "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\n{key_file}{node_settings}logger:\n  verbosity: debug\n\
-             registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
+             registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n\
+             metrics:\n  listenAddress: \"127.0.0.1:{}\"\n{config_extra}",
             self.port,
             gateway_key().address,
             scheduler_key().address,
+            self.metrics_port,
         );
         std::fs::write(self.path("config.yaml"), config).unwrap();
     }
@@ -268,7 +273,7 @@ impl Node {
     fn take_files(mut self) -> NodeFiles {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let placeholder = NodeFiles { dir: tempfile::tempdir().unwrap(), port: 0 };
+        let placeholder = NodeFiles { dir: tempfile::tempdir().unwrap(), port: 0, metrics_port: 0 };
         std::mem::replace(&mut self.files, placeholder)
     }
 

@@ -1,0 +1,228 @@
+//! Prometheus metrics, in the process's default registry, which `pingora-prometheus` serves on
+//! the node's metrics listener (`metrics.listenAddress`; the signed port never serves them).
+//! With prometheus's `process` feature that registry also reports the process's RSS, open fds
+//! and CPU time (`process_*`). Every label takes a value from a fixed set or from the node's own config, never one a caller
+//! chose: the count of series stays bounded whatever traffic arrives.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{
+    register_gauge_vec, register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+};
+
+/// Buckets from 1 ms to about a minute: a signed request answered by the node itself takes
+/// milliseconds, a long generation tens of seconds.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// The node's metrics; registered once, on first use.
+pub struct Metrics {
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_ttfb: HistogramVec,
+    in_flight: IntGauge,
+    sse_events: IntCounterVec,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
+    auth_failures: IntCounterVec,
+    challenges: IntCounterVec,
+    challenge_duration: HistogramVec,
+    matmul_size: IntGauge,
+    matmul_gflops: GaugeVec,
+    proxy_ttft: Histogram,
+}
+
+/// Names are fixed at compile time and registered once: a failure is a programming error that
+/// the first test run shows.
+fn registered<T>(metric: prometheus::Result<T>) -> T {
+    metric.expect("the node's metric names are valid and registered once")
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let build_info: IntGaugeVec = registered(register_int_gauge_vec!(
+        "fxn_build_info",
+        "Always 1; the labels name the running build.",
+        &["version"]
+    ));
+    build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    Metrics {
+        requests: registered(register_int_counter_vec!(
+            "fxn_requests_total",
+            "Requests answered, by route, model (`other` for names model_backend.yaml does not list, `none` before one was read), status class and caller role.",
+            &["route", "model", "status", "role"]
+        )),
+        request_duration: registered(register_histogram_vec!(
+            "fxn_request_duration_seconds",
+            "Time from the request's arrival to the end of its answer, by route.",
+            &["route"],
+            LATENCY_BUCKETS.to_vec()
+        )),
+        upstream_ttfb: registered(register_histogram_vec!(
+            "fxn_upstream_ttfb_seconds",
+            "Time from sending a request to a backend to its response header, by model entry.",
+            &["entry"],
+            LATENCY_BUCKETS.to_vec()
+        )),
+        in_flight: registered(register_int_gauge!("fxn_requests_in_flight", "Requests being handled now.")),
+        sse_events: registered(register_int_counter_vec!(
+            "fxn_sse_events_total",
+            "Server-sent events relayed from backends, by model entry.",
+            &["entry"]
+        )),
+        request_bytes: registered(register_int_counter_vec!(
+            "fxn_request_bytes_total",
+            "Request body bytes received from callers, by route.",
+            &["route"]
+        )),
+        response_bytes: registered(register_int_counter_vec!(
+            "fxn_response_bytes_total",
+            "Response body bytes relayed from backends, by model entry.",
+            &["entry"]
+        )),
+        auth_failures: registered(register_int_counter_vec!(
+            "fxn_auth_failures_total",
+            "Requests refused by authentication, by reason (the error code).",
+            &["reason"]
+        )),
+        challenges: registered(register_int_counter_vec!(
+            "fxn_challenges_total",
+            "Challenges answered or refused, by type and outcome.",
+            &["type", "outcome"]
+        )),
+        challenge_duration: registered(register_histogram_vec!(
+            "fxn_challenge_duration_seconds",
+            "Time to answer a challenge, by type.",
+            &["type"],
+            LATENCY_BUCKETS.to_vec()
+        )),
+        matmul_size: registered(register_int_gauge!(
+            "fxn_challenge_matmul_size",
+            "The n of the latest square MATRIX_MULTIPLICATION product (n×n)."
+        )),
+        matmul_gflops: registered(register_gauge_vec!(
+            "fxn_challenge_matmul_gflops",
+            "The rate of the latest MATRIX_MULTIPLICATION, by backend.",
+            &["backend"]
+        )),
+        proxy_ttft: registered(register_histogram!(
+            "fxn_challenge_proxy_ttft_seconds",
+            "PROXY challenges' time to the first token.",
+            LATENCY_BUCKETS.to_vec()
+        )),
+    }
+});
+
+/// The node's metrics, registered on first use.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// One finished request, as the log line reports it.
+pub struct RequestRecord<'a> {
+    pub route: &'static str,
+    pub model: &'a str,
+    pub status: u16,
+    pub role: &'static str,
+    pub duration: Duration,
+    pub body_bytes: usize,
+    /// The backend's part, when the request was forwarded.
+    pub upstream: Option<UpstreamRecord<'a>>,
+}
+
+pub struct UpstreamRecord<'a> {
+    pub entry: &'a str,
+    pub ttfb: Option<Duration>,
+    pub bytes_out: u64,
+    pub events: Option<u64>,
+}
+
+/// A status as its class: `2xx` … `5xx`, or `none` when no answer was sent.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+impl Metrics {
+    pub fn request_started(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(())
+    }
+
+    pub fn request_finished(&self, record: &RequestRecord<'_>) {
+        self.requests.with_label_values(&[record.route, record.model, status_class(record.status), record.role]).inc();
+        self.request_duration.with_label_values(&[record.route]).observe(record.duration.as_secs_f64());
+        self.request_bytes.with_label_values(&[record.route]).inc_by(record.body_bytes as u64);
+        if let Some(upstream) = &record.upstream {
+            if let Some(ttfb) = upstream.ttfb {
+                self.upstream_ttfb.with_label_values(&[upstream.entry]).observe(ttfb.as_secs_f64());
+            }
+            self.response_bytes.with_label_values(&[upstream.entry]).inc_by(upstream.bytes_out);
+            if let Some(events) = upstream.events {
+                self.sse_events.with_label_values(&[upstream.entry]).inc_by(events);
+            }
+        }
+    }
+
+    /// `reason` is an authentication error code: a fixed set.
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    pub fn challenge_finished(
+        &self,
+        kind: &'static str,
+        outcome: &'static str,
+        took: Duration,
+        figures: &crate::challenge::Figures,
+    ) {
+        self.challenges.with_label_values(&[kind, outcome]).inc();
+        self.challenge_duration.with_label_values(&[kind]).observe(took.as_secs_f64());
+        if let Some(size) = figures.matrix_size {
+            self.matmul_size.set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
+        if let Some(gflops) = figures.gflops {
+            self.matmul_gflops.with_label_values(&["cpu"]).set(gflops);
+        }
+        if let Some(ttft) = figures.ttft {
+            self.proxy_ttft.observe(ttft.as_secs_f64());
+        }
+    }
+}
+
+/// Counts a request in flight until dropped, whichever way the request ends.
+pub struct InFlight(());
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_counted_by_class() {
+        let classes: Vec<&str> = [0, 101, 200, 204, 302, 401, 429, 502, 600].into_iter().map(status_class).collect();
+        assert_eq!(classes, ["none", "1xx", "2xx", "2xx", "3xx", "4xx", "4xx", "5xx", "none"]);
+    }
+
+    #[test]
+    fn in_flight_requests_are_counted_until_they_end() {
+        let before = metrics().in_flight.get();
+        let first = metrics().request_started();
+        let second = metrics().request_started();
+        assert_eq!(metrics().in_flight.get(), before + 2);
+        drop((first, second));
+        assert_eq!(metrics().in_flight.get(), before);
+    }
+}
