@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use pingora::server::configuration::Opt;
 
-use crate::config::{self, ConfigPaths, Settings};
+use crate::config::{self, ConfigPaths, LogFormat, LogSettings, Settings};
 use crate::keys::NodeKey;
 
 #[derive(Parser)]
@@ -243,7 +243,7 @@ fn start(args: StartArgs) -> ExitCode {
         Ok(key) => key,
         Err(code) => return code,
     };
-    init_logging(settings.node.log.verbosity);
+    init_logging(&settings.node.log);
     crate::server::run(settings, node_key, pingora_opt)
 }
 
@@ -280,9 +280,42 @@ fn report_config_errors(errors: &config::ConfigErrors) -> ExitCode {
 }
 
 /// `logger.verbosity` is the default; `RUST_LOG`, when set, overrides it.
-fn init_logging(verbosity: log::LevelFilter) {
-    let default = verbosity.as_str().to_ascii_lowercase();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp_millis()
-        .init();
+fn init_logging(settings: &LogSettings) {
+    let default = settings.verbosity.as_str().to_ascii_lowercase();
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    match settings.format {
+        LogFormat::Text => builder.format_timestamp_millis(),
+        LogFormat::Json => builder.format(write_json_record),
+    };
+    builder.init();
+}
+
+/// One JSON object per record: its time (RFC 3339), level, target and message, and the record's
+/// key-values (the request line's fields) as keys of their own.
+fn write_json_record(buf: &mut env_logger::fmt::Formatter, record: &log::Record<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut object = serde_json::Map::new();
+    object.insert("time".into(), buf.timestamp_millis().to_string().into());
+    object.insert("level".into(), record.level().as_str().into());
+    object.insert("target".into(), record.target().into());
+    object.insert("message".into(), record.args().to_string().into());
+    // A failed visit leaves out only the fields it did not reach.
+    let _ = record.key_values().visit(&mut JsonFields(&mut object));
+    writeln!(buf, "{}", serde_json::Value::Object(object))
+}
+
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(&mut self, key: log::kv::Key<'kvs>, value: log::kv::Value<'kvs>) -> Result<(), log::kv::Error> {
+        let json = if let Some(n) = value.to_u64() {
+            n.into()
+        } else if let Some(x) = value.to_f64() {
+            x.into()
+        } else {
+            value.to_string().into()
+        };
+        self.0.insert(key.as_str().to_string(), json);
+        Ok(())
+    }
 }

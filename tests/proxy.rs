@@ -473,3 +473,91 @@ fn node_whose_port_was_taken_before_it_bound_starts_on_another() {
     let (answered, _) = exchange_raw(&mut stream, b"GET /health HTTP/1.1\r\nHost: n\r\n\r\n");
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 }
+
+/// Whether `id` is one the node made (32 hex digits).
+fn made_by_the_node(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_made_or_replaced_and_reach_the_backend_and_the_log() {
+    let backend = TestBackend::start();
+    let node = Node::start_for(&backend.url(), "");
+    for size in BOTH_PATHS {
+        let chat = |id: Option<&str>| {
+            let request = gateway_post(&node, "/v1/chat/completions", chat_body(size, false));
+            match id {
+                Some(id) => request.header("x-request-id", id),
+                None => request,
+            }
+        };
+        let kept = chat(Some("trace-42/a:b")).send().await.unwrap();
+        assert_eq!(kept.status(), 200);
+        assert_eq!(header(&kept, "x-request-id"), "trace-42/a:b", "body {size}");
+        assert_eq!(header(&kept, "x-backend-request-id"), "trace-42/a:b", "body {size}");
+        for id in [None, Some("has space"), Some(&"x".repeat(129)[..])] {
+            let made = chat(id).send().await.unwrap();
+            let returned = header(&made, "x-request-id");
+            assert!(made_by_the_node(returned), "body {size}, {id:?}: {returned:?}");
+            assert_eq!(header(&made, "x-backend-request-id"), returned, "body {size}, {id:?}");
+        }
+    }
+    let lines = node.request_log_lines("/v1/chat/completions", 2 * 4);
+    assert!(lines.iter().any(|l| log_field(l, "request_id") == Some("trace-42/a:b")), "{lines:#?}");
+
+    // The node's own answers and errors carry it too, in the header and in the error body.
+    let health = |id: &'static str| reqwest::Client::new().get(node.url("/health")).header("x-request-id", id);
+    assert_eq!(header(&health("h-1").send().await.unwrap(), "x-request-id"), "h-1");
+    let (first, second) =
+        (reqwest::get(node.url("/health")).await.unwrap(), reqwest::get(node.url("/health")).await.unwrap());
+    assert!(made_by_the_node(header(&first, "x-request-id")));
+    assert_ne!(header(&first, "x-request-id"), header(&second, "x-request-id"));
+    let unknown_model = gateway_post(&node, "/v1/chat/completions", br#"{"model":"nope"}"#.to_vec())
+        .header("x-request-id", "e-404")
+        .send()
+        .await
+        .unwrap();
+    let unsigned =
+        reqwest::Client::new().post(node.url("/v1/embeddings")).header("x-request-id", "e-401").send().await.unwrap();
+    for (response, status, id) in [(unknown_model, 404, "e-404"), (unsigned, 401, "e-401")] {
+        assert_eq!(header(&response, "x-request-id"), id);
+        let (got, error) = api_error(response).await;
+        assert_eq!((got, error["request_id"].as_str()), (status, Some(id)));
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_request_fields_apart() {
+    let backend = TestBackend::start();
+    let models = format!("models:\n  \"fxn/test-model\":\n    url: \"{}\"\n", backend.url());
+    let node = Node::start(NodeFiles::new(&models, "").with_log_format("json"));
+    let response =
+        gateway_post(&node, "/v1/chat/completions", chat_body(512, true)).header("x-request-id", "j-1").send().await;
+    assert_eq!(response.unwrap().status(), 200);
+    assert_eq!(node.request_log_lines("/v1/chat/completions", 1).len(), 1);
+    let records: Vec<serde_json::Value> = node
+        .log()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    for record in &records {
+        for key in ["time", "level", "target", "message"] {
+            assert!(record[key].is_string(), "no {key}: {record}");
+        }
+    }
+    let request = records.iter().find(|r| r["request_id"] == "j-1").expect("the request's line");
+    assert_eq!(request["level"], "INFO");
+    assert_eq!(request["method"], "POST");
+    assert_eq!(request["path"], "/v1/chat/completions");
+    assert_eq!(request["model"], "fxn/test-model");
+    assert_eq!(request["entry"], "fxn/test-model");
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["body_bytes"], 512);
+    assert!(request["signer"].as_str().unwrap().starts_with("gateway:0x"), "{request}");
+    assert!(request["backend"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{request}");
+    assert!(request["events"].as_u64().unwrap() > 0, "{request}");
+    assert!(request["bytes_out"].as_u64().unwrap() > 0, "{request}");
+    for millis in ["ttfb_ms", "duration_ms"] {
+        assert!(request[millis].as_f64().is_some(), "no {millis}: {request}");
+    }
+}

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Answer, Challenge, ChallengeError, Figures, Payload};
-use crate::proxy::{model_of, ApiError, ErrorCode, Exchange, Rejected, ResponseObserver};
+use crate::proxy::{model_of, ApiError, ErrorCode, Exchange, Rejected, RequestId, ResponseObserver};
 use crate::routing::Router;
 
 const NAME: &str = "PROXY";
@@ -57,7 +57,8 @@ impl ModelProbe {
             .map_err(|e| ChallengeError::Internal(e.to_string()))?;
         let observer = StreamProbe::new();
         let began = observer.began;
-        let exchange = Exchange::begin(&self.router, route, &request, (&body, &field), observer).await;
+        let exchange =
+            Exchange::begin(&self.router, route, &request, (&body, &field), RequestId::new(), observer).await;
         let mut exchange = match exchange {
             Ok(exchange) => exchange,
             Err(Rejected::Answer(error)) => return Ok(unreachable(model, &error, began)),

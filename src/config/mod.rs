@@ -16,7 +16,7 @@ pub use model_backend::{
     Backend, BackendAuth, BackendProvider, FileForm, ModelBackends, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY,
 };
 pub use node::{
-    AuthSettings, ChallengeSettings, Limits, LogSettings, MetricsSettings, NodeConfig, NonceBackend,
+    AuthSettings, ChallengeSettings, Limits, LogFormat, LogSettings, MetricsSettings, NodeConfig, NonceBackend,
     NonceCacheSettings, OnRedisUnavailable, ProxySettings, PublicIp, RedisSettings, RegistrySettings, RpcSettings,
     StaticSigners,
 };

@@ -204,17 +204,26 @@ pub struct PublicIp {
     pub lookup_url: Option<url::Url>,
 }
 
-/// `logger`: the default log level; `RUST_LOG`, when set, overrides it.
+/// `logger`: the default log level (`RUST_LOG`, when set, overrides it) and the line format.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LogSettings {
     pub verbosity: log::LevelFilter,
+    pub format: LogFormat,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { verbosity: log::LevelFilter::Info }
+        Self { verbosity: log::LevelFilter::Info, format: LogFormat::Text }
     }
+}
+
+/// `logger.format`: lines for people, or one JSON object per line for a log pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Default, Deserialize)]
@@ -523,6 +532,7 @@ proxy: {maxIdleConns: 100, idleConnTimeout: "90s"}
         .unwrap();
         assert_eq!(config.listen, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(config.log.verbosity, log::LevelFilter::Debug);
+        assert_eq!(config.log.format, LogFormat::Text);
         assert_eq!(config.registry.scheduler_poll_interval, Duration::from_secs(120));
         assert_eq!(config.registry.provider_poll_interval, Duration::from_secs(3600));
         assert_eq!(config.proxy.max_idle_conns, Some(100));
@@ -566,6 +576,13 @@ schedulerAddress: "0x12"
         let errors = parse(r#"registry: {static: {gateways: ["0x12", "0x34"]}}"#).unwrap_err();
         assert_eq!(errors.0.len(), 1, "{errors}");
         assert!(errors.0[0].message.contains("`0x12`") && errors.0[0].message.contains("`0x34`"), "{errors}");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(parse("logger: {format: json}").unwrap().log.format, LogFormat::Json);
+        let errors = parse("logger: {format: xml}").unwrap_err();
+        assert_eq!(errors.keys(), ["logger.format"], "{errors}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The node's error vocabulary: every reason the node answers a request with an error, as one
 //! [`ErrorCode`] (its stable `code`, OpenAI `type`, HTTP status and the header it calls for), the
 //! conversions from each module's typed errors, and the OpenAI-shaped JSON response
-//! (`{"error": {"message", "type", "code"}}`) that OpenAI clients show.
+//! (`{"error": {"message", "type", "code", "request_id"}}`) that OpenAI clients show.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -9,6 +9,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
 
+use super::request_id::{RequestId, X_REQUEST_ID};
 use crate::auth::AuthError;
 use crate::challenge::ChallengeError;
 use crate::routing::RoutingError;
@@ -147,16 +148,22 @@ impl ApiError {
         }
     }
 
-    pub fn json_body(&self) -> Bytes {
+    pub(crate) fn json_body(&self, request_id: &RequestId) -> Bytes {
         let body = serde_json::json!({
-            "error": { "message": self.message, "type": self.code.kind(), "code": self.code.as_str() }
+            "error": {
+                "message": self.message,
+                "type": self.code.kind(),
+                "code": self.code.as_str(),
+                "request_id": request_id.as_str(),
+            }
         });
         Bytes::from(body.to_string())
     }
 
     /// Writes the response; the caller returns `Ok(true)` from `request_filter` afterwards.
-    pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
-        write_response(session, self.status, "application/json", self.header.as_ref(), self.json_body()).await
+    pub(crate) async fn send(&self, session: &mut Session, request_id: &RequestId) -> pingora::Result<()> {
+        let body = self.json_body(request_id);
+        write_response(session, self.status, "application/json", self.header.as_ref(), request_id, body).await
     }
 
     /// What to tell the caller about a failure while reaching the backend; `None` when the
@@ -216,11 +223,13 @@ pub(super) async fn write_response(
     status: u16,
     content_type: &str,
     extra_header: Option<&(HeaderName, &'static str)>,
+    request_id: &RequestId,
     body: Bytes,
 ) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(status, Some(4))?;
     header.insert_header(header::CONTENT_TYPE, content_type)?;
     header.insert_header(header::CONTENT_LENGTH, body.len())?;
+    header.insert_header(X_REQUEST_ID, request_id.header())?;
     if let Some((name, value)) = extra_header {
         header.insert_header(name.clone(), *value)?;
     }
@@ -278,7 +287,9 @@ mod tests {
     #[test]
     fn body_is_openai_shaped() {
         let error = ApiError::new(ErrorCode::InvalidJson, "body is not \"JSON\"");
-        let parsed: serde_json::Value = serde_json::from_slice(&error.json_body()).unwrap();
+        let request_id = RequestId::new();
+        let parsed: serde_json::Value = serde_json::from_slice(&error.json_body(&request_id)).unwrap();
+        assert_eq!(parsed["error"]["request_id"], request_id.as_str());
         assert_eq!(parsed["error"]["code"], "invalid_json");
         assert_eq!(parsed["error"]["type"], "invalid_request_error");
         assert_eq!(parsed["error"]["message"], "body is not \"JSON\"");

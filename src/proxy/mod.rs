@@ -5,6 +5,7 @@
 mod api_error;
 mod body;
 mod model_field;
+mod request_id;
 mod response_log;
 mod upstream;
 
@@ -22,7 +23,8 @@ use pingora::upstreams::peer::HttpPeer;
 pub(crate) use api_error::{ApiError, ErrorCode, Rejected};
 pub use body::model_of;
 pub use model_field::ModelField;
-use response_log::ResponseLog;
+pub(crate) use request_id::RequestId;
+use response_log::{RequestLine, ResponseLog};
 pub use upstream::splice_model;
 pub(crate) use upstream::{Exchange, ResponseObserver};
 
@@ -83,6 +85,7 @@ impl Endpoint {
 /// What one request learned in `request_filter`, read by the later phases.
 pub(crate) struct RequestCtx {
     started: Instant,
+    request_id: RequestId,
     endpoint: Option<Endpoint>,
     /// The body's `model`, as the caller named it.
     model: Option<String>,
@@ -130,13 +133,13 @@ impl NodeProxy {
         ctx.endpoint = Some(endpoint);
         match endpoint {
             Endpoint::Health => {
-                respond(session, 200, "text/plain", Bytes::from_static(b"OK")).await?;
+                respond(session, ctx, 200, "text/plain", Bytes::from_static(b"OK")).await?;
                 Ok(Handled::Answered)
             }
             Endpoint::ModelList => {
                 self.authenticate(session, ctx, Role::Gateway).await?;
                 let list = Bytes::from(self.router.model_list().to_string());
-                respond(session, 200, "application/json", list).await?;
+                respond(session, ctx, 200, "application/json", list).await?;
                 Ok(Handled::Answered)
             }
             Endpoint::Challenge => {
@@ -144,7 +147,7 @@ impl NodeProxy {
                 let (challenge, answer) = self.challenges.answer(body).await;
                 ctx.challenge = challenge;
                 let answer = Bytes::from(answer?.json.to_string());
-                respond(session, 200, "application/json", answer).await?;
+                respond(session, ctx, 200, "application/json", answer).await?;
                 Ok(Handled::Answered)
             }
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
@@ -175,7 +178,15 @@ impl NodeProxy {
         ctx.model = Some(model.name.to_string());
         let route = route?;
         let exchange = ctx.exchange.insert(
-            Exchange::begin(&self.router, route, session.req_header(), (&body, &model), ResponseLog::default()).await?,
+            Exchange::begin(
+                &self.router,
+                route,
+                session.req_header(),
+                (&body, &model),
+                ctx.request_id.clone(),
+                ResponseLog::default(),
+            )
+            .await?,
         );
         if !session.as_downstream().retry_buffer_truncated() {
             return Ok(Handled::Forward);
@@ -201,8 +212,32 @@ impl NodeProxy {
     }
 }
 
-async fn respond(session: &mut Session, status: u16, content_type: &str, body: Bytes) -> Result<(), Rejected> {
-    api_error::write_response(session, status, content_type, None, body).await.map_err(Rejected::Failed)
+async fn respond(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+) -> Result<(), Rejected> {
+    api_error::write_response(session, status, content_type, None, &ctx.request_id, body)
+        .await
+        .map_err(Rejected::Failed)
+}
+
+/// Writes the request's line with its fields apart too, for the JSON log format; the target is
+/// this module's, as `RUST_LOG` names it.
+fn write_request_line(level: log::Level, request: &RequestLine<'_>) {
+    log::logger().log(
+        &log::Record::builder()
+            .args(format_args!("{request}"))
+            .level(level)
+            .target(module_path!())
+            .module_path_static(Some(module_path!()))
+            .file_static(Some(file!()))
+            .line(Some(line!()))
+            .key_values(request)
+            .build(),
+    );
 }
 
 #[async_trait]
@@ -212,6 +247,7 @@ impl ProxyHttp for NodeProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            request_id: RequestId::unset(),
             endpoint: None,
             model: None,
             exchange: None,
@@ -223,6 +259,7 @@ impl ProxyHttp for NodeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = RequestId::of(session.req_header());
         match self.handle(session, ctx).await {
             Ok(Handled::Forward) => Ok(false),
             Ok(Handled::Answered) => Ok(true),
@@ -234,7 +271,7 @@ impl ProxyHttp for NodeProxy {
                     // The unread remainder of the body makes the connection unusable.
                     session.set_keepalive(None);
                 }
-                error.send(session).await?;
+                error.send(session, &ctx.request_id).await?;
                 Ok(true)
             }
             Err(Rejected::Failed(error)) => Err(error),
@@ -276,8 +313,7 @@ impl ProxyHttp for NodeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        exchange_of(ctx)?.response_header(upstream_response);
-        Ok(())
+        exchange_of(ctx)?.response_header(upstream_response)
     }
 
     fn response_body_filter(
@@ -316,7 +352,7 @@ impl ProxyHttp for NodeProxy {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         if let Some(written) = session.response_written() {
             // Part of the response is out: closing the connection is all that is left.
             return FailToProxy { error_code: written.status.as_u16(), can_reuse_downstream: false };
@@ -324,7 +360,7 @@ impl ProxyHttp for NodeProxy {
         let Some(error) = ApiError::from_proxy_error(e) else {
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
         };
-        if let Err(send_error) = error.send(session).await {
+        if let Err(send_error) = error.send(session, &ctx.request_id).await {
             log::debug!("could not send the error response: {send_error}");
         }
         // Pingora closes the caller's connection after its own proxy loop failed, whatever this
@@ -353,28 +389,29 @@ impl ProxyHttp for NodeProxy {
         if !log::log_enabled!(level) {
             return;
         }
-        let path = ctx.endpoint.map_or("(unknown path)", Endpoint::path);
-        let model = ctx.model.as_deref().unwrap_or("-");
-        let (entry, backend, response) = match &ctx.exchange {
-            Some(exchange) => {
-                (exchange.route.entry.as_str(), exchange.route.url.as_str(), exchange.observer.to_string())
-            }
-            None => ("-", "-", String::new()),
+        let signer = ctx.signer.map(|s| format!("{}:{:?}", s.role, s.address));
+        let mut line = RequestLine {
+            request_id: ctx.request_id.as_str(),
+            method: session.req_header().method.as_str(),
+            path: ctx.endpoint.map_or("(unknown path)", Endpoint::path),
+            signer: signer.as_deref(),
+            model: ctx.model.as_deref(),
+            exchange: ctx.exchange.as_ref(),
+            status,
+            body_bytes: ctx.body_len,
+            challenge: ctx.challenge,
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            error: None,
         };
-        let signer = ctx.signer.map_or_else(|| "-".to_string(), |s| format!("{}:{:?}", s.role, s.address));
-        let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-        let method = &session.req_header().method;
-        let challenge = ctx.challenge.map_or_else(String::new, |name| format!(" challenge={name}"));
-        let line = format!(
-            "{method} {path} signer={signer} model={model} entry={entry} backend={backend} status={status} body_bytes={}{challenge}{response} duration_ms={elapsed_ms:.1}",
-            ctx.body_len
-        );
         match error {
-            None => log::info!("{line}"),
+            None => write_request_line(level, &line),
             // Pingora's error text can quote the request; it stays at debug.
             Some(e) => {
-                log::warn!("{line} error={}", e.etype().as_str());
-                log::debug!("{line} error={e}");
+                let kind = e.etype().as_str();
+                line.error = Some(&kind);
+                write_request_line(level, &line);
+                line.error = Some(e);
+                write_request_line(log::Level::Debug, &line);
             }
         }
     }

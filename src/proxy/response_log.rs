@@ -1,12 +1,14 @@
-//! What the one log line per request says about the backend's response: its status, the time to
-//! its first byte, the body bytes relayed and, for event streams, the events relayed.
+//! The one log line per request: what the node did with it and what the backend's response was
+//! (its status, the time to its first byte, the body bytes relayed and, for event streams, the
+//! events relayed), as text or with each field apart for the JSON log format.
 
 use std::fmt;
 use std::time::Duration;
 
+use log::kv::{self, Key, Source, Value, VisitSource};
 use pingora::http::ResponseHeader;
 
-use super::upstream::{ResponseObserver, SseEventCounter};
+use super::upstream::{Exchange, ResponseObserver, SseEventCounter};
 
 #[derive(Debug, Default)]
 pub(crate) struct ResponseLog {
@@ -56,6 +58,91 @@ impl fmt::Display for ResponseLog {
             write!(f, " events={}", events.events)?;
         }
         Ok(())
+    }
+}
+
+impl Source for ResponseLog {
+    fn visit<'kvs>(&'kvs self, visitor: &mut dyn VisitSource<'kvs>) -> Result<(), kv::Error> {
+        if let Some(ttfb) = self.ttfb {
+            visitor.visit_pair(Key::from_str("ttfb_ms"), Value::from(ttfb.as_secs_f64() * 1000.0))?;
+        }
+        visitor.visit_pair(Key::from_str("bytes_out"), Value::from(self.bytes_out))?;
+        if let Some(events) = &self.events {
+            visitor.visit_pair(Key::from_str("events"), Value::from(events.events))?;
+        }
+        Ok(())
+    }
+}
+
+/// One request's line: its `Display` is the text line, its [`Source`] the same fields apart
+/// (absent ones left out, where the text says `-`).
+pub(crate) struct RequestLine<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// `role:address`.
+    pub signer: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub exchange: Option<&'a Exchange<ResponseLog>>,
+    pub status: u16,
+    pub body_bytes: usize,
+    pub challenge: Option<&'static str>,
+    pub duration_ms: f64,
+    pub error: Option<&'a dyn fmt::Display>,
+}
+
+impl fmt::Display for RequestLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (method, path, status, body_bytes) = (self.method, self.path, self.status, self.body_bytes);
+        let signer = self.signer.unwrap_or("-");
+        let model = self.model.unwrap_or("-");
+        let (entry, backend) = self.exchange.map_or(("-", "-"), |e| (e.route.entry.as_str(), e.route.url.as_str()));
+        write!(
+            f,
+            "{method} {path} signer={signer} model={model} entry={entry} backend={backend} status={status} body_bytes={body_bytes}"
+        )?;
+        if let Some(challenge) = self.challenge {
+            write!(f, " challenge={challenge}")?;
+        }
+        if let Some(exchange) = self.exchange {
+            write!(f, "{}", exchange.observer)?;
+        }
+        write!(f, " duration_ms={:.1} request_id={}", self.duration_ms, self.request_id)?;
+        if let Some(error) = self.error {
+            write!(f, " error={error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Source for RequestLine<'_> {
+    fn visit<'kvs>(&'kvs self, visitor: &mut dyn VisitSource<'kvs>) -> Result<(), kv::Error> {
+        let mut pair = |key: &'static str, value: Value<'kvs>| visitor.visit_pair(Key::from_str(key), value);
+        pair("request_id", self.request_id.into())?;
+        pair("method", self.method.into())?;
+        pair("path", self.path.into())?;
+        let optional = [
+            ("signer", self.signer),
+            ("model", self.model),
+            ("entry", self.exchange.map(|e| e.route.entry.as_str())),
+            ("backend", self.exchange.map(|e| e.route.url.as_str())),
+            ("challenge", self.challenge),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                pair(key, value.into())?;
+            }
+        }
+        pair("status", self.status.into())?;
+        pair("body_bytes", self.body_bytes.into())?;
+        pair("duration_ms", self.duration_ms.into())?;
+        if let Some(error) = &self.error {
+            pair("error", Value::from_display(error))?;
+        }
+        match self.exchange {
+            Some(exchange) => exchange.observer.visit(visitor),
+            None => Ok(()),
+        }
     }
 }
 

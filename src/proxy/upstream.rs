@@ -1,5 +1,6 @@
 //! The exchange with a model backend, one home for both forwarding paths: the request rewrite
-//! (the body's `model` replaced by the backend's alias, the headers never forwarded), the peer for
+//! (the body's `model` replaced by the backend's alias, the headers never forwarded, the request id
+//! set), the peer for
 //! each attempt, the one retry rule, and the [`ResponseObserver`] that sees every response. Bodies within Pingora's 64 KiB retry buffer are
 //! sent by Pingora's proxy loop (`upstream_peer` and the filters in `proxy/mod.rs` call in here);
 //! larger ones by [`Exchange::relay`], since Pingora 0.9 replays a body read in `request_filter`
@@ -21,6 +22,7 @@ use pingora_proxy::Session;
 
 use super::api_error::{ApiError, ErrorCode, Rejected};
 use super::model_field::ModelField;
+use super::request_id::{RequestId, X_REQUEST_ID};
 use crate::auth::SigningHeader;
 use crate::routing::{ModelRoute, Router};
 
@@ -59,6 +61,8 @@ pub(crate) struct Exchange<O> {
     uri: Option<Uri>,
     /// The body the backend gets: the caller's, with the route's alias in place of its `model`.
     body: Bytes,
+    /// Sent to the backend and returned to the caller on the backend's response.
+    request_id: RequestId,
     began: Instant,
     pub(crate) observer: O,
 }
@@ -71,6 +75,7 @@ impl<O: ResponseObserver> Exchange<O> {
         route: Arc<ModelRoute>,
         request: &RequestHeader,
         (body, model): (&Bytes, &ModelField<'_>),
+        request_id: RequestId,
         observer: O,
     ) -> Result<Self, Rejected> {
         let began = Instant::now();
@@ -90,7 +95,7 @@ impl<O: ResponseObserver> Exchange<O> {
             Some(alias) => splice_model(body, model.span.clone(), alias),
             None => body.clone(),
         };
-        Ok(Self { route, peer, uri, body, began, observer })
+        Ok(Self { route, peer, uri, body, request_id, began, observer })
     }
 
     /// The body for the backend, on either path.
@@ -105,7 +110,8 @@ impl<O: ResponseObserver> Exchange<O> {
 
     /// Rewrites the caller's request for the backend: the target under the backend's base path,
     /// `Host` set to the backend, the caller's signing, credential and hop-by-hop headers dropped,
-    /// the backend's credential added and the body framed by its length.
+    /// the backend's credential added, the body framed by its length and `X-Request-Id` set to the
+    /// request's id (replacing a caller's id the node did not accept).
     pub(crate) fn rewrite_request(&self, request: &mut RequestHeader) -> pingora::Result<()> {
         if let Some(uri) = &self.uri {
             request.set_uri(uri.clone());
@@ -135,14 +141,17 @@ impl<O: ResponseObserver> Exchange<O> {
         }
         request.insert_header(header::HOST, self.route.host_header.clone())?;
         request.insert_header(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()))?;
+        request.insert_header(X_REQUEST_ID, self.request_id.header())?;
         if let Some((name, value)) = &self.route.credential {
             request.insert_header(name.clone(), value.clone())?;
         }
         Ok(())
     }
 
-    pub(crate) fn response_header(&mut self, response: &ResponseHeader) {
+    /// The backend's response header arrived: the caller gets it with the request's id.
+    pub(crate) fn response_header(&mut self, response: &mut ResponseHeader) -> pingora::Result<()> {
         self.observer.on_response(response, self.began.elapsed());
+        response.insert_header(X_REQUEST_ID, self.request_id.header())
     }
 
     pub(crate) fn response_body(&mut self, chunk: &[u8]) {
@@ -184,11 +193,11 @@ impl<O: ResponseObserver> Exchange<O> {
     ) -> pingora::Result<(HttpSession, ResponseHeader)> {
         self.rewrite_request(&mut request)?;
         let upstream = self.send(connector, request, max_attempts).await?;
-        let response = upstream
+        let mut response = upstream
             .response_header()
             .cloned()
             .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "backend sent no response header").into_up())?;
-        self.response_header(&response);
+        self.response_header(&mut response)?;
         Ok((upstream, response))
     }
 
@@ -331,7 +340,7 @@ mod tests {
         let body = Bytes::copy_from_slice(body);
         let model = crate::proxy::model_of(&body).unwrap();
         let route = router.select(&model.name).unwrap();
-        Exchange::begin(router, route, request, (&body, &model), Ignore).await.ok().unwrap()
+        Exchange::begin(router, route, request, (&body, &model), RequestId::new(), Ignore).await.ok().unwrap()
     }
 
     /// `request` as the backend of `model` gets it, with the 13-byte body `{"model":"<model>"}`.
@@ -375,6 +384,7 @@ mod tests {
             ("x-custom-hop", "1"),
             ("transfer-encoding", "chunked"),
             ("content-type", "application/json"),
+            ("x-request-id", "not the exchange's"),
         ] {
             request.insert_header(name, value).unwrap();
         }
@@ -385,6 +395,8 @@ mod tests {
         assert_eq!(header("authorization").as_deref(), Some("Bearer t0k"));
         assert_eq!(header("content-length").as_deref(), Some("13"));
         assert_eq!(header("content-type").as_deref(), Some("application/json"));
+        // The exchange's id, whatever the caller sent (`proxy::RequestId` decides which it is).
+        assert_eq!(header("x-request-id").map(|id| id.len()), Some(32));
         for gone in ["x-signature", "x-address", "x-api-key", "connection", "x-custom-hop", "transfer-encoding"] {
             assert_eq!(header(gone), None, "{gone} was forwarded");
         }

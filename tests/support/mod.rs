@@ -85,6 +85,8 @@ pub fn free_port() -> u16 {
 const NODE_KEY_FILE: &str = "node_key.json";
 /// Lines for config.yaml's `node` section, kept beside it (see [`NodeFiles::with_node_settings`]).
 const NODE_SETTINGS_FILE: &str = "node_settings.yaml";
+/// config.yaml's `logger.format`, kept beside it (see [`NodeFiles::with_log_format`]).
+const LOG_FORMAT_FILE: &str = "log_format";
 
 /// The node's three files in a temporary directory.
 pub struct NodeFiles {
@@ -130,6 +132,13 @@ impl NodeFiles {
         self
     }
 
+    /// Sets config.yaml's `logger.format`.
+    pub fn with_log_format(mut self, format: &str) -> Self {
+        std::fs::write(self.path(LOG_FORMAT_FILE), format).unwrap();
+        self.pick_port();
+        self
+    }
+
     /// Writes config.yaml listening on a port free right now.
     fn pick_port(&mut self) {
         self.port = free_port();
@@ -140,8 +149,9 @@ impl NodeFiles {
             if key_file.exists() { format!("  keyFile: \"{}\"\n", key_file.display()) } else { String::new() };
         let node_settings = std::fs::read_to_string(self.path(NODE_SETTINGS_FILE)).unwrap_or_default();
         self.metrics_port = free_port();
+        let log_format = std::fs::read_to_string(self.path(LOG_FORMAT_FILE)).unwrap_or_else(|_| "text".into());
         let config = format!(
-            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\n{key_file}{node_settings}logger:\n  verbosity: debug\n\
+            "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\n{key_file}{node_settings}logger:\n  verbosity: debug\n  format: {log_format}\n\
              registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n\
              metrics:\n  listenAddress: \"127.0.0.1:{}\"\n{config_extra}",
             self.port,

@@ -14,8 +14,9 @@
 //!
 //! Every response carries `x-backend-body-sha256`, `x-backend-body-length`, `x-backend-path`,
 //! `x-backend-connection` (the connection's number), `x-backend-headers` (names received), and
-//! the values received of `Host`, `Content-Length` and `Transfer-Encoding` as `x-backend-host`,
-//! `x-backend-content-length` and `x-backend-transfer-encoding` (`-` when absent).
+//! the values received of `Host`, `Content-Length`, `Transfer-Encoding` and `X-Request-Id` as
+//! `x-backend-host`, `x-backend-content-length`, `x-backend-transfer-encoding` and
+//! `x-backend-request-id` (`-` when absent).
 //! `GET /stats` reports connections accepted, requests served and streams cut short.
 //! For ENDPOINT_REACHABLE: `GET /redirect?to=<percent-encoded URL>` answers 302 to that URL, and
 //! `GET /status/<code>` answers that status with a short body.
@@ -203,8 +204,8 @@ impl Backend {
             .collect::<Vec<_>>()
             .join(";");
         let received = |name| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
-        let (host, content_length, transfer_encoding) =
-            (received("host"), received("content-length"), received("transfer-encoding"));
+        let (host, content_length, transfer_encoding, request_id) =
+            (received("host"), received("content-length"), received("transfer-encoding"), received("x-request-id"));
 
         let body = match request.into_body().collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -263,6 +264,7 @@ impl Backend {
             ("x-backend-host", host),
             ("x-backend-content-length", content_length),
             ("x-backend-transfer-encoding", transfer_encoding),
+            ("x-backend-request-id", request_id),
         ] {
             if let Ok(value) = value.parse() {
                 headers.insert(name, value);
