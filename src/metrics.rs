@@ -4,12 +4,16 @@
 //! and CPU time (`process_*`). Every label takes a value from a fixed set or from the node's own config, never one a caller
 //! chose: the count of series stays bounded whatever traffic arrives.
 
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::core::{Collector, Desc};
+
+use crate::registry::{ChainRegistries, OwnRegistration};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     register_gauge_vec, register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    register_int_gauge_vec, GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 
 /// Buckets from 1 ms to about a minute: a signed request answered by the node itself takes
@@ -203,6 +207,99 @@ pub struct InFlight(());
 impl Drop for InFlight {
     fn drop(&mut self) {
         METRICS.in_flight.dec();
+    }
+}
+
+/// The chain registries' state, read at each scrape from what the refresher last stored (so the
+/// refresher itself knows nothing of metrics).
+pub struct RegistryCollector {
+    registries: Arc<ChainRegistries>,
+    /// The `fxn_id`s model_backend.yaml names, compared with this node's registered `modelId`.
+    network_model_ids: Vec<String>,
+    entries: IntGaugeVec,
+    last_success: IntGaugeVec,
+    block: IntGaugeVec,
+    failures: IntCounterVec,
+    registered: IntGauge,
+    model_id_agrees: IntGauge,
+}
+
+impl RegistryCollector {
+    /// Registers the collector; the node does once, when it reads a chain.
+    pub fn register(registries: Arc<ChainRegistries>, network_model_ids: Vec<String>) {
+        let gauge = |name: &str, help: &str| registered(IntGaugeVec::new(Opts::new(name, help), &["registry"]));
+        let collector = Self {
+            registries,
+            network_model_ids,
+            entries: gauge("fxn_registry_entries", "Entries of the registry's last good read, paused ones included."),
+            last_success: gauge(
+                "fxn_registry_last_success_timestamp_seconds",
+                "When the registry was last read successfully (Unix seconds).",
+            ),
+            block: gauge("fxn_registry_block", "The chain's block at the registry's last good read."),
+            failures: registered(IntCounterVec::new(
+                Opts::new("fxn_registry_refresh_failures_total", "Failed refreshes of the registry, by cause."),
+                &["registry", "cause"],
+            )),
+            registered: registered(IntGauge::new(
+                "fxn_node_registered",
+                "1 when the provider registry lists this node (node.keyFile's address) unpaused, else 0.",
+            )),
+            model_id_agrees: registered(IntGauge::new(
+                "fxn_node_model_id_agrees",
+                "1 when a model_backend.yaml fxn_id is the modelId this node is registered for, else 0.",
+            )),
+        };
+        registered(prometheus::register(Box::new(collector)));
+    }
+}
+
+impl Collector for RegistryCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut descs = Vec::new();
+        for collector in [&self.entries as &dyn Collector, &self.last_success, &self.block, &self.failures] {
+            descs.extend(collector.desc());
+        }
+        descs.extend(self.registered.desc());
+        descs.extend(self.model_id_agrees.desc());
+        descs
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let statuses =
+            [("gateway", self.registries.gateways.status()), ("provider", self.registries.providers.status())];
+        for (name, status) in &statuses {
+            self.entries.with_label_values(&[name]).set(i64::try_from(status.entries).unwrap_or(i64::MAX));
+            let unix = |at: SystemTime| at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            if let Some(at) = status.last_success {
+                self.last_success.with_label_values(&[name]).set(i64::try_from(unix(at)).unwrap_or(i64::MAX));
+            }
+            if let Some(block) = status.block {
+                self.block.with_label_values(&[name]).set(i64::try_from(block).unwrap_or(i64::MAX));
+            }
+            for (cause, count) in &status.failures {
+                // The registry keeps the running total; the counter is brought up to it.
+                let counter = self.failures.with_label_values(&[name, cause]);
+                counter.inc_by(count.saturating_sub(counter.get()));
+            }
+        }
+        let mut families = Vec::new();
+        for collector in [&self.entries as &dyn Collector, &self.last_success, &self.block, &self.failures] {
+            families.extend(collector.collect());
+        }
+        if let Some(registration) = self.registries.own_registration() {
+            let model_id = match registration {
+                OwnRegistration::Registered { model_id } => Some(model_id),
+                _ => None,
+            };
+            self.registered.set(i64::from(model_id.is_some()));
+            families.extend(self.registered.collect());
+            if let Some(model_id) = model_id.filter(|_| !self.network_model_ids.is_empty()) {
+                self.model_id_agrees.set(i64::from(self.network_model_ids.contains(&model_id.to_string())));
+                families.extend(self.model_id_agrees.collect());
+            }
+        }
+        families
     }
 }
 

@@ -110,6 +110,7 @@ fn chain_registries(
         reader.endpoint(),
         to_checksum(&reader.router(), None)
     );
+    crate::metrics::RegistryCollector::register(registries.clone(), network_model_ids.clone());
     let refresher = RegistryRefresher::new(
         Arc::new(reader),
         registries.clone(),

@@ -12,7 +12,10 @@ use chain::{eventually, Chain, Fault, RpcProxy};
 use ethers_core::types::Address;
 use fxn_node::keys::NodeKey;
 use fxn_node::registry::{ChainReader, GatewayEntry};
-use support::{api_error, chat_body, error_code, header, run_fxn, signed_post, Node, NodeFiles, TestBackend};
+use support::{
+    api_error, chat_body, error_code, header, now_unix, run_fxn, scrape_until, signed_post, value, Node, NodeFiles,
+    TestBackend,
+};
 
 /// The poll interval of the test nodes: every "within one interval" below allows a few.
 const POLL: Duration = Duration::from_secs(1);
@@ -338,4 +341,32 @@ fn abi_folder_matches_the_compiled_contracts() {
             "abi/{name}.json differs from tests/contracts: run tests/contracts/build.sh --write-abi"
         );
     }
+}
+
+#[tokio::test]
+async fn registry_metrics_follow_the_chain() {
+    let chain = Chain::start().await;
+    let backend = TestBackend::start();
+    let (gateway, own) = (NodeKey::generate(), NodeKey::generate());
+    chain.register_gateway(gateway.address, b"gw").await;
+    chain.register_provider(own.address, b"node", 7).await;
+    let models = format!("models:\n  \"fxn/test-model\":\n    url: \"{}\"\n    fxn_id: \"7\"\n", backend.url());
+    let node = Node::start(NodeFiles::new(&models, &chain_config(&chain.url(), chain.router, "")).with_node_key(&own));
+    let loaded = scrape_until(&node, |s| value(s, "fxn_node_registered", &[]) == 1.0).await;
+    for registry in ["gateway", "provider"] {
+        assert_eq!(value(&loaded, "fxn_registry_entries", &[("registry", registry)]), 1.0, "{registry}");
+        assert!(value(&loaded, "fxn_registry_block", &[("registry", registry)]) > 0.0, "{registry}");
+        let at = value(&loaded, "fxn_registry_last_success_timestamp_seconds", &[("registry", registry)]);
+        assert!((at - now_unix() as f64).abs() < 60.0, "{registry} read at {at}");
+    }
+    assert_eq!(value(&loaded, "fxn_node_model_id_agrees", &[]), 1.0);
+
+    chain.halt_gateways(true).await;
+    let failing =
+        scrape_until(&node, |s| value(s, "fxn_registry_refresh_failures_total", &[("registry", "gateway")]) > 0.0)
+            .await;
+    assert!(
+        value(&failing, "fxn_registry_refresh_failures_total", &[("registry", "gateway"), ("cause", "reverted")]) > 0.0
+    );
+    assert_eq!(value(&failing, "fxn_registry_entries", &[("registry", "gateway")]), 1.0, "the last good read is kept");
 }

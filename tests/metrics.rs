@@ -3,50 +3,8 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 use support::*;
-
-/// One scrape of the node's metrics listener, parsed.
-async fn scrape(node: &Node) -> prometheus_parse::Scrape {
-    let url = format!("http://127.0.0.1:{}/metrics", node.files.metrics_port);
-    let text = reqwest::get(url).await.expect("the metrics listener answers").text().await.unwrap();
-    let lines = text.lines().map(|line| Ok(line.to_string()));
-    prometheus_parse::Scrape::parse(lines).expect("the Prometheus text format")
-}
-
-/// The value of the sample `name` whose labels include every pair of `labels` (a histogram's
-/// `_count`, a counter's or gauge's value); 0 when there is none.
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let wanted: HashMap<&str, &str> = labels.iter().copied().collect();
-    scrape
-        .samples
-        .iter()
-        .filter(|sample| sample.metric == name)
-        .filter(|sample| wanted.iter().all(|(key, value)| sample.labels.get(key) == Some(*value)))
-        .map(|sample| match &sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(_) | prometheus_parse::Value::Summary(_) => f64::NAN,
-        })
-        .sum()
-}
-
-/// Scrapes until `done` holds: a request is counted once its answer is out, a moment after the
-/// caller has read it.
-async fn scrape_until(node: &Node, done: impl Fn(&prometheus_parse::Scrape) -> bool) -> prometheus_parse::Scrape {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let scraped = scrape(node).await;
-        if done(&scraped) || Instant::now() > deadline {
-            return scraped;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn counters_move_with_traffic_auth_failures_and_challenges() {

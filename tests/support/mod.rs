@@ -97,7 +97,8 @@ pub struct NodeFiles {
 }
 
 impl NodeFiles {
-    /// `config_extra` is appended to a config.yaml that sets only `node`.
+    /// `config_extra` is appended to a config.yaml that ends in the `registry` section (its
+    /// indented lines continue it).
     pub fn new(model_backend: &str, config_extra: &str) -> Self {
         Self::with_threads(model_backend, config_extra, 1)
     }
@@ -152,12 +153,12 @@ impl NodeFiles {
         let log_format = std::fs::read_to_string(self.path(LOG_FORMAT_FILE)).unwrap_or_else(|_| "text".into());
         let config = format!(
             "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\n{key_file}{node_settings}logger:\n  verbosity: debug\n  format: {log_format}\n\
-             registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n\
-             metrics:\n  listenAddress: \"127.0.0.1:{}\"\n{config_extra}",
+             metrics:\n  listenAddress: \"127.0.0.1:{}\"\n\
+             registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
             self.port,
+            self.metrics_port,
             gateway_key().address,
             scheduler_key().address,
-            self.metrics_port,
         );
         std::fs::write(self.path("config.yaml"), config).unwrap();
     }
@@ -573,5 +574,44 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One scrape of the node's metrics listener, parsed.
+pub async fn scrape(node: &Node) -> prometheus_parse::Scrape {
+    let url = format!("http://127.0.0.1:{}/metrics", node.files.metrics_port);
+    let text = reqwest::get(url).await.expect("the metrics listener answers").text().await.unwrap();
+    let lines = text.lines().map(|line| Ok(line.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("the Prometheus text format")
+}
+
+/// The value of the sample `name` whose labels include every pair of `labels` (a histogram's
+/// `_count`, a counter's or gauge's value); 0 when there is none.
+pub fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let wanted: std::collections::HashMap<&str, &str> = labels.iter().copied().collect();
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .filter(|sample| wanted.iter().all(|(key, value)| sample.labels.get(key) == Some(*value)))
+        .map(|sample| match &sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(_) | prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+        .sum()
+}
+
+/// Scrapes until `done` holds: a request is counted once its answer is out, a moment after the
+/// caller has read it.
+pub async fn scrape_until(node: &Node, done: impl Fn(&prometheus_parse::Scrape) -> bool) -> prometheus_parse::Scrape {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scraped = scrape(node).await;
+        if done(&scraped) || Instant::now() > deadline {
+            return scraped;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
