@@ -8,7 +8,7 @@ mod gpu;
 mod identity;
 mod matmul;
 mod model_probe;
-mod stats;
+mod outcome;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ pub use gpu::GpuStat;
 pub use identity::identity_signature;
 pub use matmul::MatrixMultiplication;
 pub use model_probe::ModelProbe;
-pub use stats::{ChallengeStats, Outcome, Tally};
+pub use outcome::Outcome;
 
 /// The types this node answers, as the scheduler names them.
 const TYPE_NAMES: &str = "IDENTITY, MATRIX_MULTIPLICATION, ENDPOINT_REACHABLE, PROXY";
@@ -138,7 +138,6 @@ pub struct Challenges {
     table: Vec<Box<dyn Challenge>>,
     heavy: Arc<Semaphore>,
     max_concurrent: usize,
-    stats: ChallengeStats,
 }
 
 impl Challenges {
@@ -151,12 +150,7 @@ impl Challenges {
             Box::new(probe),
         ];
         let max_concurrent = config.challenge.max_concurrent;
-        Self {
-            table,
-            heavy: Arc::new(Semaphore::new(max_concurrent)),
-            max_concurrent,
-            stats: ChallengeStats::default(),
-        }
+        Self { table, heavy: Arc::new(Semaphore::new(max_concurrent)), max_concurrent }
     }
 
     /// Answers a challenge request body; the type's name comes back with the answer or the error,
@@ -169,14 +163,9 @@ impl Challenges {
         };
         let result = self.run(challenge, payload).await;
         let took = started.elapsed();
-        self.stats.record(challenge.name(), &result, took);
         let figures = result.as_ref().map(|answer| answer.figures).unwrap_or_default();
         crate::metrics::metrics().challenge_finished(challenge.name(), Outcome::of(&result).as_str(), took, &figures);
         (Some(challenge.name()), result)
-    }
-
-    pub fn stats(&self) -> &ChallengeStats {
-        &self.stats
     }
 
     async fn run(&self, challenge: &dyn Challenge, payload: Payload) -> Result<Answer, ChallengeError> {
