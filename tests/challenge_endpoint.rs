@@ -141,18 +141,8 @@ async fn a_host_that_does_not_resolve_is_a_failed_lookup() {
 
 #[tokio::test]
 async fn a_connect_that_hangs_ends_at_the_connect_timeout() {
-    use socket2::{Domain, Socket, Type};
-    // A listener whose accept queue is full: the kernel drops further handshakes, so connecting
-    // to it hangs as it would to a host that is down.
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    listener.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-    listener.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap().as_socket().unwrap();
-    let mut queued = Vec::new();
-    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
-        queued.push(stream);
-        assert!(queued.len() < 64, "the accept queue never filled");
-    }
+    let unanswered = UnansweredListener::new();
+    let addr = unanswered.addr;
     let node = node_allowing("\"127.0.0.0/8\"", "  endpointConnectTimeout: 1s\n  endpointTimeout: 10s\n");
     let started = Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(8), reach(&node, &format!("http://{addr}/")))

@@ -138,18 +138,8 @@ async fn backend_stalling_after_the_first_token_is_cut_off_at_the_read_timeout()
 
 #[tokio::test]
 async fn backend_that_never_accepts_is_a_502_after_the_connect_timeout() {
-    use socket2::{Domain, Socket, Type};
-    // A listener whose accept queue is full: the kernel drops further handshakes, so connecting
-    // to it hangs as it would to a backend host that is down.
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    listener.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-    listener.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap().as_socket().unwrap();
-    let mut queued = Vec::new();
-    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
-        queued.push(stream);
-        assert!(queued.len() < 64, "the accept queue never filled");
-    }
+    let unanswered = UnansweredListener::new();
+    let addr = unanswered.addr;
     let node = Node::start_for(&format!("http://{addr}"), "proxy:\n  connectTimeout: 1s\n");
     for size in BOTH_PATHS {
         let started = Instant::now();

@@ -615,3 +615,27 @@ pub async fn scrape_until(node: &Node, done: impl Fn(&prometheus_parse::Scrape) 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A listener whose accept queue is full: the kernel drops further handshakes, so connecting to
+/// it hangs as it would to a host that is down. It stays so while this value lives.
+pub struct UnansweredListener {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+impl UnansweredListener {
+    pub fn new() -> Self {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut queued = Vec::new();
+        while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            queued.push(stream);
+            assert!(queued.len() < 64, "the accept queue never filled");
+        }
+        Self { addr, _listener: listener, _queued: queued }
+    }
+}
