@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fxn_node::proxy::{model_of, splice_model};
+use fxn_node::proxy::{model_of, splice};
 
 const ALIAS: &[u8] = br#""llama3.1:8b-instruct-q4_K_M""#;
 
@@ -54,12 +54,12 @@ fn alias_rewrite(c: &mut Criterion) {
         });
         // The splice's output is longer than the body by the alias; its allocation can cost more
         // than the body's (glibc serves up to 1032 bytes from its per-thread cache).
-        let spliced = splice_model(&body, span.clone(), ALIAS);
+        let spliced = splice(&body, &[(span.clone(), ALIAS)]);
         group.bench_with_input(BenchmarkId::new("plain_copy_of_spliced", &name), &spliced, |b, spliced| {
             b.iter(|| Bytes::copy_from_slice(spliced))
         });
         group.bench_with_input(BenchmarkId::new("splice", &name), &body, |b, body| {
-            b.iter(|| splice_model(body, span.clone(), ALIAS))
+            b.iter(|| splice(body, &[(span.clone(), ALIAS)]))
         });
         group.bench_with_input(BenchmarkId::new("locate", &name), &body, |b, body| {
             b.iter(|| model_of(body).expect("a valid chat body").span)
@@ -67,7 +67,7 @@ fn alias_rewrite(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("locate_and_splice", &name), &body, |b, body| {
             b.iter(|| {
                 let span = model_of(body).expect("a valid chat body").span;
-                splice_model(body, span, ALIAS)
+                splice(body, &[(span, ALIAS)])
             })
         });
         group.bench_with_input(BenchmarkId::new("serde_model_field", &name), &body, |b, body| {

@@ -8,9 +8,15 @@ command -v cmake >/dev/null || need_apt+=(cmake)   # pingora's zlib-ng
 command -v curl >/dev/null || need_apt+=(curl)     # the request scripts
 command -v redis-server >/dev/null || need_apt+=(redis-server) # the shared nonce store's tests
 command -v npm >/dev/null || need_apt+=(npm)       # anvil and solc for the chain tests
-if [ ${#need_apt[@]} -gt 0 ]; then
+# A real Prometheus scrapes a node and answers the README's queries (tests/prometheus.rs);
+# without recommends, which would add exporters and their services.
+need_prometheus=()
+command -v prometheus >/dev/null || need_prometheus+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_prometheus[@]} -gt 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    [ ${#need_apt[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    [ ${#need_prometheus[@]} -eq 0 ] ||
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_prometheus[@]}" >/dev/null
 fi
 
 # The independent signer and ABI decoder (eth-account, eth-abi) and the official OpenAI client

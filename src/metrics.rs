@@ -4,17 +4,21 @@
 //! and CPU time (`process_*`). Every label takes a value from a fixed set or from the node's own config, never one a caller
 //! chose: the count of series stays bounded whatever traffic arrives.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
-
-use crate::registry::{ChainRegistries, OwnRegistration};
 use prometheus::proto::MetricFamily;
 use prometheus::{
     register_gauge_vec, register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
     register_int_gauge_vec, GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
+
+use crate::auth::{NonceStore, Role, Signer};
+use crate::challenge::GpuStat;
+use crate::proxy::Usage;
+use crate::registry::{ChainRegistries, OwnRegistration};
 
 /// Buckets from 1 ms to about a minute: a signed request answered by the node itself takes
 /// milliseconds, a long generation tens of seconds.
@@ -27,6 +31,9 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_ttfb: HistogramVec,
     in_flight: IntGauge,
+    streams_open: IntGauge,
+    streams_without_usage: IntCounterVec,
+    tokens: IntCounterVec,
     sse_events: IntCounterVec,
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
@@ -36,6 +43,21 @@ pub struct Metrics {
     matmul_size: IntGauge,
     matmul_gflops: GaugeVec,
     proxy_ttft: Histogram,
+    gpu_utilization: GaugeVec,
+    gpu_memory_used: IntGaugeVec,
+    gpu_memory_total: IntGaugeVec,
+}
+
+/// `metrics.enabled: false` turns every recording into a no-op (the listener is not started).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Stops all recording, for `metrics.enabled: false`; called once, before the node serves.
+pub fn disable() {
+    ENABLED.store(false, Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// Names are fixed at compile time and registered once: a failure is a programming error that
@@ -47,10 +69,10 @@ fn registered<T>(metric: prometheus::Result<T>) -> T {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let build_info: IntGaugeVec = registered(register_int_gauge_vec!(
         "fxn_build_info",
-        "Always 1; the labels name the running build.",
-        &["version"]
+        "Always 1; the labels name the running build (its version and git commit).",
+        &["version", "commit"]
     ));
-    build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("FXN_COMMIT")]).set(1);
     Metrics {
         requests: registered(register_int_counter_vec!(
             "fxn_requests_total",
@@ -70,6 +92,20 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             LATENCY_BUCKETS.to_vec()
         )),
         in_flight: registered(register_int_gauge!("fxn_requests_in_flight", "Requests being handled now.")),
+        streams_open: registered(register_int_gauge!(
+            "fxn_streams_open",
+            "Event streams being relayed from backends now."
+        )),
+        streams_without_usage: registered(register_int_counter_vec!(
+            "fxn_streams_without_usage_total",
+            "Event streams that ended without reporting token usage, by model entry (see usage.requestStreamUsage).",
+            &["entry"]
+        )),
+        tokens: registered(register_int_counter_vec!(
+            "fxn_tokens_total",
+            "Tokens backends reported in their responses' usage, by model (as for fxn_requests_total), gateway (its address; `unregistered` for other callers) and kind (prompt or completion).",
+            &["model", "gateway", "kind"]
+        )),
         sse_events: registered(register_int_counter_vec!(
             "fxn_sse_events_total",
             "Server-sent events relayed from backends, by model entry.",
@@ -115,6 +151,21 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "PROXY challenges' time to the first token.",
             LATENCY_BUCKETS.to_vec()
         )),
+        gpu_utilization: registered(register_gauge_vec!(
+            "fxn_gpu_utilization_ratio",
+            "The share of time the GPU was busy over NVML's last sample period, by device index and name.",
+            &["gpu", "name"]
+        )),
+        gpu_memory_used: registered(register_int_gauge_vec!(
+            "fxn_gpu_memory_used_bytes",
+            "GPU memory in use, by device index and name.",
+            &["gpu", "name"]
+        )),
+        gpu_memory_total: registered(register_int_gauge_vec!(
+            "fxn_gpu_memory_total_bytes",
+            "GPU memory in all, by device index and name.",
+            &["gpu", "name"]
+        )),
     }
 });
 
@@ -128,7 +179,8 @@ pub struct RequestRecord<'a> {
     pub route: &'static str,
     pub model: &'a str,
     pub status: u16,
-    pub role: &'static str,
+    /// Who signed the request, once authenticated.
+    pub signer: Option<Signer>,
     pub duration: Duration,
     pub body_bytes: usize,
     /// The backend's part, when the request was forwarded.
@@ -139,7 +191,9 @@ pub struct UpstreamRecord<'a> {
     pub entry: &'a str,
     pub ttfb: Option<Duration>,
     pub bytes_out: u64,
+    /// Events relayed, for event streams.
     pub events: Option<u64>,
+    pub usage: Option<Usage>,
 }
 
 /// A status as its class: `2xx` … `5xx`, or `none` when no answer was sent.
@@ -154,14 +208,39 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// The `gateway` label of a signer: its address when a registry lists it as a gateway (every
+/// authenticated gateway is), so the label's values are bounded by the registries.
+fn gateway_label(signer: Option<Signer>) -> String {
+    match signer {
+        Some(Signer { address, role: Role::Gateway }) => format!("{address:?}"),
+        _ => "unregistered".to_string(),
+    }
+}
+
 impl Metrics {
     pub fn request_started(&self) -> InFlight {
-        self.in_flight.inc();
-        InFlight(())
+        let counted = enabled();
+        if counted {
+            self.in_flight.inc();
+        }
+        InFlight { counted }
+    }
+
+    /// Counts an event stream open until the guard is dropped.
+    pub fn stream_opened(&self) -> OpenStream {
+        let counted = enabled();
+        if counted {
+            self.streams_open.inc();
+        }
+        OpenStream { counted }
     }
 
     pub fn request_finished(&self, record: &RequestRecord<'_>) {
-        self.requests.with_label_values(&[record.route, record.model, status_class(record.status), record.role]).inc();
+        if !enabled() {
+            return;
+        }
+        let role = record.signer.map_or("none", |signer| signer.role.as_str());
+        self.requests.with_label_values(&[record.route, record.model, status_class(record.status), role]).inc();
         self.request_duration.with_label_values(&[record.route]).observe(record.duration.as_secs_f64());
         self.request_bytes.with_label_values(&[record.route]).inc_by(record.body_bytes as u64);
         if let Some(upstream) = &record.upstream {
@@ -171,13 +250,37 @@ impl Metrics {
             self.response_bytes.with_label_values(&[upstream.entry]).inc_by(upstream.bytes_out);
             if let Some(events) = upstream.events {
                 self.sse_events.with_label_values(&[upstream.entry]).inc_by(events);
+                if upstream.usage.is_none() {
+                    self.streams_without_usage.with_label_values(&[upstream.entry]).inc();
+                }
+            }
+            if let Some(usage) = upstream.usage {
+                let gateway = gateway_label(record.signer);
+                for (kind, count) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
+                    self.tokens.with_label_values(&[record.model, &gateway, kind]).inc_by(count);
+                }
             }
         }
     }
 
     /// `reason` is an authentication error code: a fixed set.
     pub fn auth_failed(&self, reason: &'static str) {
-        self.auth_failures.with_label_values(&[reason]).inc();
+        if enabled() {
+            self.auth_failures.with_label_values(&[reason]).inc();
+        }
+    }
+
+    /// The latest stats of every GPU (index, as NVML numbers them, and stats).
+    pub fn gpus_read(&self, stats: &[GpuStat]) {
+        const MIB: i64 = 1024 * 1024;
+        for (index, gpu) in stats.iter().enumerate() {
+            let labels = [index.to_string(), gpu.name.clone()];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            self.gpu_utilization.with_label_values(&labels).set(f64::from(gpu.utilization_gpu_pct) / 100.0);
+            let bytes = |mib: u64| i64::try_from(mib).unwrap_or(i64::MAX / MIB) * MIB;
+            self.gpu_memory_used.with_label_values(&labels).set(bytes(gpu.vram_used_mb));
+            self.gpu_memory_total.with_label_values(&labels).set(bytes(gpu.vram_total_mb));
+        }
     }
 
     pub fn challenge_finished(
@@ -187,6 +290,9 @@ impl Metrics {
         took: Duration,
         figures: &crate::challenge::Figures,
     ) {
+        if !enabled() {
+            return;
+        }
         self.challenges.with_label_values(&[kind, outcome]).inc();
         self.challenge_duration.with_label_values(&[kind]).observe(took.as_secs_f64());
         if let Some(size) = figures.matrix_size {
@@ -202,11 +308,66 @@ impl Metrics {
 }
 
 /// Counts a request in flight until dropped, whichever way the request ends.
-pub struct InFlight(());
+pub struct InFlight {
+    counted: bool,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        METRICS.in_flight.dec();
+        if self.counted {
+            METRICS.in_flight.dec();
+        }
+    }
+}
+
+/// Counts an event stream open until dropped, with the exchange that relays it.
+#[derive(Debug)]
+pub struct OpenStream {
+    counted: bool,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if self.counted {
+            METRICS.streams_open.dec();
+        }
+    }
+}
+
+/// The in-memory nonce store's size, read at each scrape.
+pub struct NonceStoreCollector {
+    store: Arc<NonceStore>,
+    entries: IntGauge,
+    capacity: IntGauge,
+}
+
+impl NonceStoreCollector {
+    pub fn register(store: Arc<NonceStore>) {
+        let collector = Self {
+            store,
+            entries: registered(IntGauge::new(
+                "fxn_nonce_store_entries",
+                "Nonces the node's own store holds (those still within nonceCache.ttl).",
+            )),
+            capacity: registered(IntGauge::new(
+                "fxn_nonce_store_capacity",
+                "Nonces the node's own store can hold (nonceCache.maxEntries); when full, requests get 503.",
+            )),
+        };
+        registered(prometheus::register(Box::new(collector)));
+    }
+}
+
+impl Collector for NonceStoreCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.entries.desc().into_iter().chain(self.capacity.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+        self.entries.set(gauge(self.store.len()));
+        self.capacity.set(gauge(self.store.capacity()));
+        self.entries.collect().into_iter().chain(self.capacity.collect()).collect()
     }
 }
 

@@ -1,6 +1,8 @@
 //! Builds Pingora's server from validated settings: the proxy service and the background
 //! services beside it.
 
+use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::auth::{Authenticator, DefaultCurve, NonceStore, RedisServers, SharedNonceStore};
-use crate::challenge::{Challenges, ModelProbe};
+use crate::challenge::{poll_gpus_into_metrics, Challenges, ModelProbe};
 use crate::config::{NonceBackend, NonceCacheSettings, OnRedisUnavailable, RegistrySettings, Settings};
 use crate::keys::publicly_known;
 use crate::keys::NodeKey;
@@ -59,30 +61,46 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
         Some(store) => auth.with_shared_nonces(store),
         None => auth,
     });
-    pingora_server.add_service(background_service(
-        "nonce sweeper",
-        NonceSweeper { nonces, interval: node.nonce_cache.cleanup_interval },
-    ));
+    let sweep = {
+        let nonces = nonces.clone();
+        move || {
+            let purged = nonces.purge_expired(Instant::now());
+            log::debug!("purged {purged} expired nonces; {} held", nonces.len());
+            std::future::ready(ControlFlow::Continue(()))
+        }
+    };
+    let sweeper = Periodic { interval: node.nonce_cache.cleanup_interval, tick: sweep };
+    pingora_server.add_service(background_service("nonce sweeper", sweeper));
 
-    // Registered now, so the first scrape already shows the build and process.
-    crate::metrics::metrics();
-    let mut metrics_service = pingora_prometheus::prometheus_http_service();
-    metrics_service.add_tcp(&node.metrics.listen_address.to_string());
-    pingora_server.add_service(metrics_service);
+    if node.metrics.enabled {
+        // Registered now, so the first scrape already shows the build and process.
+        crate::metrics::metrics();
+        crate::metrics::NonceStoreCollector::register(nonces.clone());
+        let mut metrics_service = pingora_prometheus::prometheus_http_service();
+        metrics_service.add_tcp(&node.metrics.listen_address.to_string());
+        pingora_server.add_service(metrics_service);
+        let poller = Periodic { interval: node.metrics.gpu_poll_interval, tick: poll_gpus_into_metrics };
+        pingora_server.add_service(background_service("GPU poller", poller));
+    } else {
+        crate::metrics::disable();
+    }
 
     let conf = pingora_server.configuration.clone();
     let connector = Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(&conf))));
     let probe = ModelProbe::new(router.clone(), connector.clone(), conf.max_retries);
     let challenges = Arc::new(Challenges::new(&node, node_key.clone(), probe));
-    let proxy = NodeProxy::new(auth, router, challenges, node.limits.clone(), connector, conf.max_retries);
+    let stream_usage = node.usage.request_stream_usage;
+    let proxy =
+        NodeProxy::new(auth, router, challenges, node.limits.clone(), connector, conf.max_retries, stream_usage);
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "fxn proxy");
     service.add_listener(ListenerConfig::tcp(node.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     pingora_server.add_service(service);
     log::info!(
-        "fxn {} listening on {} (metrics on {}) serving {} model entries (model_backend.yaml read in {}); node address {}",
+        "fxn {} ({}) listening on {} (metrics {}) serving {} model entries (model_backend.yaml read in {}); node address {}",
         env!("CARGO_PKG_VERSION"),
+        env!("FXN_COMMIT"),
         node.listen,
-        node.metrics.listen_address,
+        if node.metrics.enabled { format!("on {}", node.metrics.listen_address) } else { "off".to_string() },
         models.models.len() + usize::from(models.default.is_some()),
         models.form,
         node_key.map_or_else(|| "not set (node.keyFile)".to_string(), |key| key.checksummed_address()),
@@ -168,23 +186,24 @@ fn warn_about_public_keys(registry: &StaticRegistry) {
     }
 }
 
-/// Purges expired nonces every `nonceCache.cleanupInterval`.
-struct NonceSweeper {
-    nonces: Arc<NonceStore>,
+/// Runs `tick` every `interval` until the server stops, or until `tick` breaks.
+struct Periodic<F> {
     interval: Duration,
+    tick: F,
 }
 
 #[async_trait]
-impl BackgroundService for NonceSweeper {
+impl<F, Fut> BackgroundService for Periodic<F>
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = ControlFlow<()>> + Send,
+{
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut ticks = tokio::time::interval(self.interval);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = ticks.tick() => {
-                    let purged = self.nonces.purge_expired(Instant::now());
-                    log::debug!("purged {purged} expired nonces; {} held", self.nonces.len());
-                }
+                _ = ticks.tick() => if (self.tick)().await.is_break() { return },
             }
         }
     }

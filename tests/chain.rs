@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use chain::{eventually, Chain, Fault, RpcProxy};
+use chain::{chain_config, eventually, Chain, Fault, RpcProxy};
 use ethers_core::types::Address;
 use fxn_node::keys::NodeKey;
 use fxn_node::registry::{ChainReader, GatewayEntry};
@@ -20,14 +20,6 @@ use support::{
 /// The poll interval of the test nodes: every "within one interval" below allows a few.
 const POLL: Duration = Duration::from_secs(1);
 const WITHIN: Duration = Duration::from_secs(6);
-
-/// `config.yaml` lines (after the generated `registry.static`) that read the chain at `rpc`.
-fn chain_config(rpc: &str, router: Address, more_registry: &str) -> String {
-    format!(
-        "  routerSmartContractAddress: \"{router:?}\"\n  gateway: {{pollInterval: 1s}}\n  provider: {{pollInterval: 1s}}\n\
-         {more_registry}rpcProvider: \"{rpc}\"\n"
-    )
-}
 
 fn start_node(backend: &TestBackend, rpc: &str, router: Address, more_registry: &str, own: &NodeKey) -> Node {
     let models = format!("models:\n  \"fxn/test-model\":\n    url: \"{}\"\n", backend.url());

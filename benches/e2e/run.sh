@@ -10,6 +10,8 @@
 #   BENCH_RATES         open-loop rates, req/s ("1000 2000 5000 10000")
 #   BENCH_STREAMS       concurrent 20 ms streams ("100 500 750 1000")
 #   BENCH_HOLD_STREAMS  streams held open at 1 s between events ("1000 4000 8000 9000")
+#   BENCH_TARGETS       which targets run ("direct bare nginx litellm fxn")
+#   BENCH_FXN_CONFIG    more lines for fxn's config.yaml (say "metrics: {enabled: false}")
 #   BENCH_OUT           report path (benches/RESULTS.md); BENCH_KEEP=1 keeps the work dir
 # The load generator's raw reports of the last run stay in benches/e2e/last-run.jsonl.
 set -euo pipefail
@@ -25,6 +27,9 @@ RATES=${BENCH_RATES:-"1000 2000 5000 10000"}
 STREAM_COUNTS=${BENCH_STREAMS:-"100 500 750 1000"}
 HOLD_COUNTS=${BENCH_HOLD_STREAMS:-"1000 4000 8000 9000"}
 OUT=${BENCH_OUT:-$ROOT/benches/RESULTS.md}
+TARGETS=" ${BENCH_TARGETS:-direct bare nginx litellm fxn} "
+# The targets among "$@" that this run measures.
+chosen() { local t; for t in "$@"; do [[ $TARGETS == *" $t "* ]] && printf "%s " "$t"; done; return 0; }
 WORK=$(mktemp -d /tmp/fxn-bench.XXXXXX)
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
@@ -58,7 +63,7 @@ if ((${#need_apt[@]})); then
     log "installing ${need_apt[*]}"
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null
 fi
-if ! python3 -c 'import litellm.proxy' 2>/dev/null; then
+if [[ -n $(chosen litellm) ]] && ! python3 -c 'import litellm.proxy' 2>/dev/null; then
     log "installing LiteLLM"
     python3 -m pip install -q 'litellm[proxy]' >&2 || log "LiteLLM could not be installed; its rows stay empty"
 fi
@@ -129,6 +134,7 @@ node: {listenAddress: "127.0.0.1", listenPort: ${PORT[fxn]}}
 logger: {verbosity: "warn"}
 registry: {static: {gateways: ["$SIGNER"]}}
 nonceCache: {maxEntries: 5000000}
+${BENCH_FXN_CONFIG:-}
 EOF
     printf 'models:\n  "fxn/test-model":\n    url: "http://%s"\n' "$BACKEND" >"$dir/model_backend.yaml"
     printf 'version: 1\nthreads: 1\npid_file: %s/fxn.pid\nupgrade_sock: %s/upgrade.sock\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' \
@@ -227,7 +233,7 @@ start_placement() { # placement
     if [[ $PLACEMENT == A ]]; then PROXY_CPU=0; else PROXY_CPU=1; fi
     start_backend 0
     AVAILABLE=(direct)
-    for target in bare nginx litellm fxn; do
+    for target in $(chosen bare nginx litellm fxn); do
         PORT[$target]=$(free_port)
         ADDR[$target]=127.0.0.1:${PORT[$target]}
         if start_target "$target" "$PROXY_CPU"; then
@@ -302,8 +308,8 @@ p99_of() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print((r.get(
 # Each scenario runs target after target at every point, so slow drift of the machine hits
 # every target alike.
 CHAT=(--path /v1/chat/completions --body-bytes 256)
-NON_STREAMING=(direct bare nginx litellm fxn)
-STREAMING=(direct bare nginx fxn)
+read -ra NON_STREAMING <<<"$(chosen direct bare nginx litellm fxn)"
+read -ra STREAMING <<<"$(chosen direct bare nginx fxn)"
 
 run_placement() {
     local target n size dims rate

@@ -1,6 +1,7 @@
-//! GPU stats for IDENTITY, read through NVML. NVML is loaded once, on first use; a machine
-//! without the NVIDIA driver (or without a GPU) has no stats, which is no error.
+//! GPU stats for IDENTITY and the metrics, read through NVML. NVML is loaded once per process, on
+//! first use; a machine without the NVIDIA driver (or without a GPU) has no stats, which is no error.
 
+use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
 use nvml_wrapper::Nvml;
@@ -20,25 +21,38 @@ pub struct GpuStat {
     pub unified_memory: bool,
 }
 
-#[derive(Default)]
 pub struct Gpus {
     nvml: OnceLock<Option<Nvml>>,
 }
 
 const MIB: u64 = 1024 * 1024;
 
+static GPUS: Gpus = Gpus { nvml: OnceLock::new() };
+
 impl Gpus {
-    /// Every device's stats; `None` without a driver or a device. NVML answers from the driver
-    /// in a few milliseconds: call it off the proxy's threads.
-    pub fn stats(&self) -> Option<Vec<GpuStat>> {
+    /// The process's one NVML handle.
+    pub fn shared() -> &'static Self {
+        &GPUS
+    }
+
+    /// NVML, loaded on first use; `None` where the driver is not installed.
+    fn nvml(&self) -> Option<&Nvml> {
         let nvml = self.nvml.get_or_init(|| match Nvml::init() {
             Ok(nvml) => Some(nvml),
             Err(e) => {
-                log::debug!("no GPU stats for IDENTITY: NVML is not available ({e})");
+                log::info!(
+                    "no GPU stats (IDENTITY answers gpuStats: null, no fxn_gpu_* metrics): NVML is not available ({e})"
+                );
                 None
             }
         });
-        let nvml = nvml.as_ref()?;
+        nvml.as_ref()
+    }
+
+    /// Every device's stats; `None` without a driver or a device. NVML answers from the driver
+    /// in a few milliseconds: call it off the proxy's threads.
+    pub fn stats(&self) -> Option<Vec<GpuStat>> {
+        let nvml = self.nvml()?;
         let read = || -> Result<Vec<GpuStat>, nvml_wrapper::error::NvmlError> {
             let driver_version = nvml.sys_driver_version()?;
             (0..nvml.device_count()?)
@@ -68,4 +82,16 @@ impl Gpus {
             }
         }
     }
+}
+
+/// Reads every GPU's stats into the metrics; stops (breaks) where there is no driver, since
+/// then there is nothing to read now or later.
+pub async fn poll_into_metrics() -> ControlFlow<()> {
+    let gpus = Gpus::shared();
+    match tokio::task::spawn_blocking(|| gpus.stats()).await {
+        Ok(Some(stats)) => crate::metrics::metrics().gpus_read(&stats),
+        _ if gpus.nvml().is_none() => return ControlFlow::Break(()),
+        _ => {}
+    }
+    ControlFlow::Continue(())
 }

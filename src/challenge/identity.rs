@@ -2,7 +2,6 @@
 //! key, and its GPUs (PROTOCOL §3).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +23,6 @@ pub(super) struct Identity {
     lookup_url: Option<url::Url>,
     /// The address `lookup_url` answered, once it has.
     looked_up: OnceCell<IpAddr>,
-    gpus: Arc<Gpus>,
 }
 
 impl Identity {
@@ -34,7 +32,6 @@ impl Identity {
             configured_ip: public_ip.address,
             lookup_url: public_ip.lookup_url.clone(),
             looked_up: OnceCell::new(),
-            gpus: Arc::default(),
         }
     }
 
@@ -93,8 +90,7 @@ impl Challenge for Identity {
     async fn answer(&self, _payload: Payload) -> Result<Answer, ChallengeError> {
         let key = self.key.as_ref().ok_or(ChallengeError::NodeKeyMissing)?;
         let ip = self.public_ip().await.map_or_else(String::new, |ip| ip.to_string());
-        let gpus = self.gpus.clone();
-        let gpu_stats = tokio::task::spawn_blocking(move || gpus.stats())
+        let gpu_stats = tokio::task::spawn_blocking(|| Gpus::shared().stats())
             .await
             .map_err(|e| ChallengeError::Internal(format!("reading GPU stats: {e}")))?;
         Ok(serde_json::json!({
@@ -138,7 +134,7 @@ mod tests {
         assert_eq!(answer.json["ipAddress"], "198.51.100.4");
         assert_eq!(answer.json["signature"], identity_signature(&key, "198.51.100.4"));
         // This machine has no NVIDIA driver; the GPU path is checked where one is.
-        if Gpus::default().stats().is_none() {
+        if Gpus::shared().stats().is_none() {
             assert!(answer.json["gpuStats"].is_null());
         }
     }

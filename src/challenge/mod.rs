@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use crate::config::NodeConfig;
 use crate::keys::NodeKey;
 use crate::routing::RoutingError;
-pub use gpu::GpuStat;
+pub use gpu::{poll_into_metrics as poll_gpus_into_metrics, GpuStat};
 pub use identity::identity_signature;
 pub use matmul::MatrixMultiplication;
 pub use model_probe::ModelProbe;

@@ -58,7 +58,7 @@ impl ModelProbe {
         let observer = StreamProbe::new();
         let began = observer.began;
         let exchange =
-            Exchange::begin(&self.router, route, &request, (&body, &field), RequestId::new(), observer).await;
+            Exchange::begin(&self.router, route, &request, (&body, &field, false), RequestId::new(), observer).await;
         let mut exchange = match exchange {
             Ok(exchange) => exchange,
             Err(Rejected::Answer(error)) => return Ok(unreachable(model, &error, began)),

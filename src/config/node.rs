@@ -23,6 +23,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "auth",
     "challenge",
     "metrics",
+    "usage",
 ];
 
 /// The validated contents of `config.yaml`.
@@ -40,6 +41,7 @@ pub struct NodeConfig {
     pub auth: AuthSettings,
     pub challenge: ChallengeSettings,
     pub metrics: MetricsSettings,
+    pub usage: UsageSettings,
 }
 
 impl NodeConfig {
@@ -74,6 +76,7 @@ impl NodeConfig {
         let auth: AuthSettings = typed(path, "auth", section("auth"), &mut errors);
         let challenge: ChallengeSettings = typed(path, "challenge", section("challenge"), &mut errors);
         let metrics: MetricsSettings = typed(path, "metrics", section("metrics"), &mut errors);
+        let usage: UsageSettings = typed(path, "usage", section("usage"), &mut errors);
 
         if node.listen_port == 0 {
             errors.push(ConfigError::new(path, "node.listenPort", "must be a port from 1 to 65535"));
@@ -160,6 +163,7 @@ impl NodeConfig {
             auth,
             challenge,
             metrics,
+            usage,
         })
     }
 }
@@ -470,14 +474,33 @@ impl Default for ChallengeSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct MetricsSettings {
+    /// `false`: no metrics listener and nothing recorded.
+    pub enabled: bool,
     /// Apart from the signed port, so that metrics need no signature and can stay off the network.
     pub listen_address: SocketAddr,
+    /// How often the GPUs' utilisation and memory are read through NVML.
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub gpu_poll_interval: Duration,
 }
 
 impl Default for MetricsSettings {
     fn default() -> Self {
-        Self { listen_address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100) }
+        Self {
+            enabled: true,
+            listen_address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100),
+            gpu_poll_interval: Duration::from_secs(15),
+        }
     }
+}
+
+/// `usage`: how token usage is learned.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct UsageSettings {
+    /// Ask the backend for a usage chunk (`"stream_options": {"include_usage": true}`) on every
+    /// streamed chat or completion request that sets no `stream_options`, so every stream's tokens
+    /// are counted; the caller then receives that extra last chunk too.
+    pub request_stream_usage: bool,
 }
 
 /// `auth`: how signed requests are checked.
@@ -707,7 +730,15 @@ schedulerAddress: "0x12"
 
     #[test]
     fn metrics_listen_address_is_read_and_checked() {
-        assert_eq!(parse("").unwrap().metrics.listen_address, "127.0.0.1:9100".parse().unwrap());
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.metrics.listen_address, "127.0.0.1:9100".parse().unwrap());
+        assert!(defaults.metrics.enabled && !defaults.usage.request_stream_usage);
+        let config =
+            parse("metrics: {enabled: false, gpuPollInterval: 2s}\nusage: {requestStreamUsage: true}").unwrap();
+        assert!(!config.metrics.enabled && config.usage.request_stream_usage);
+        assert_eq!(config.metrics.gpu_poll_interval, Duration::from_secs(2));
+        let errors = parse("metrics: {gpuPollInterval: 0s}\nusage: {requestStreamUsage: 1}").unwrap_err();
+        assert_eq!(errors.keys(), ["metrics.gpuPollInterval", "usage.requestStreamUsage"], "{errors}");
         let config = parse("metrics: {listenAddress: \"0.0.0.0:9464\"}").unwrap();
         assert_eq!(config.metrics.listen_address, "0.0.0.0:9464".parse().unwrap());
         let errors = parse("metrics: {listenAddress: \"localhost\"}").unwrap_err();

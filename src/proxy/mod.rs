@@ -8,6 +8,7 @@ mod model_field;
 mod request_id;
 mod response_log;
 mod upstream;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,8 +26,9 @@ pub use body::model_of;
 pub use model_field::ModelField;
 pub(crate) use request_id::RequestId;
 use response_log::{RequestLine, ResponseLog};
-pub use upstream::splice_model;
+pub use upstream::splice;
 pub(crate) use upstream::{Exchange, ResponseObserver};
+pub use usage::Usage;
 
 use crate::auth::{Authenticator, Role, Signer};
 use crate::challenge::Challenges;
@@ -114,6 +116,8 @@ pub(crate) struct NodeProxy {
     connector: Arc<Connector>,
     /// Pingora's `max_retries`, which bounds the relay's attempts too.
     max_attempts: usize,
+    /// `usage.requestStreamUsage`.
+    request_stream_usage: bool,
 }
 
 impl NodeProxy {
@@ -124,8 +128,9 @@ impl NodeProxy {
         limits: Limits,
         connector: Arc<Connector>,
         max_attempts: usize,
+        request_stream_usage: bool,
     ) -> Self {
-        Self { auth, router, challenges, limits, connector, max_attempts }
+        Self { auth, router, challenges, limits, connector, max_attempts, request_stream_usage }
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Handled, Rejected> {
@@ -152,7 +157,7 @@ impl NodeProxy {
             }
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
                 let body = self.authenticate(session, ctx, Role::Gateway).await?;
-                self.forward_inference(session, ctx, body).await
+                self.forward_inference(session, ctx, endpoint, body).await
             }
         }
     }
@@ -170,6 +175,7 @@ impl NodeProxy {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
+        endpoint: Endpoint,
         body: Bytes,
     ) -> Result<Handled, Rejected> {
         let model = body::model_of(&body)?;
@@ -182,7 +188,7 @@ impl NodeProxy {
                 &self.router,
                 route,
                 session.req_header(),
-                (&body, &model),
+                (&body, &model, self.request_stream_usage && endpoint != Endpoint::Embeddings),
                 ctx.request_id.clone(),
                 ResponseLog::default(),
             )
@@ -379,7 +385,7 @@ impl ProxyHttp for NodeProxy {
             route: ctx.endpoint.map_or("unknown", Endpoint::path),
             model: self.metric_model(ctx),
             status,
-            role: ctx.signer.map_or("none", |signer| signer.role.as_str()),
+            signer: ctx.signer,
             duration: ctx.started.elapsed(),
             body_bytes: ctx.body_len,
             upstream: ctx.exchange.as_ref().map(|exchange| exchange.observer.upstream_record(&exchange.route.entry)),

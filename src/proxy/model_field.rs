@@ -1,7 +1,9 @@
 //! The body's top-level `model`: what it names and where its value sits, found in one pass over
 //! the bytes, which also checks that the body is JSON. Routing reads the name and the alias
 //! rewrite replaces the bytes at the position, so the two cannot disagree about which `model` it
-//! is: a top-level `model` sent twice is refused, since readers differ on which copy counts.
+//! is: a top-level `model` sent twice is refused, since readers differ on which copy counts. The
+//! same pass notes whether the request streams and sets `stream_options`, for
+//! `usage.requestStreamUsage`.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -13,6 +15,10 @@ pub struct ModelField<'a> {
     pub name: Cow<'a, str>,
     /// The bytes of its value in the body, quotes included.
     pub span: Range<usize>,
+    /// The top-level `stream` is `true` (its last copy, as Python's and JavaScript's readers take it).
+    pub streams: bool,
+    /// The body has a top-level `stream_options`.
+    pub has_stream_options: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,20 +44,31 @@ pub fn locate(body: &[u8]) -> Result<ModelField<'_>, ModelFieldError> {
         return Err(ModelFieldError::NotAnObject);
     }
     match top.model {
-        Some(Model::Named(field)) if !field.name.is_empty() => Ok(field),
+        Some(Model::Named { name, span }) if !name.is_empty() => {
+            Ok(ModelField { name, span, streams: top.streams, has_stream_options: top.has_stream_options })
+        }
         _ => Err(ModelFieldError::MissingModel),
     }
 }
 
 /// What the top-level `model` key held.
 enum Model<'a> {
-    Named(ModelField<'a>),
+    Named { name: Cow<'a, str>, span: Range<usize> },
     Null,
+}
+
+/// The top-level keys the scan reads the values of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TopKey {
+    Model,
+    Stream,
 }
 
 struct Document<'a> {
     is_object: bool,
     model: Option<Model<'a>>,
+    streams: bool,
+    has_stream_options: bool,
 }
 
 /// The containers open around the scanner's position.
@@ -102,16 +119,25 @@ impl<'a> Scanner<'a> {
     /// rather than by recursion, so no depth of nesting can exhaust the thread's stack.
     fn document(&mut self) -> Result<Document<'a>, ModelFieldError> {
         self.skip_whitespace();
-        let mut document = Document { is_object: self.bytes.get(self.pos) == Some(&b'{'), model: None };
+        let mut document = Document {
+            is_object: self.bytes.get(self.pos) == Some(&b'{'),
+            model: None,
+            streams: false,
+            has_stream_options: false,
+        };
         let mut open: Vec<Open> = Vec::new();
-        // The next value is that of the top-level `model` key.
-        let mut model_value_next = false;
+        // The next value is that of this top-level key.
+        let mut value_of: Option<TopKey> = None;
         let mut first_model_at: Option<usize> = None;
         loop {
             // A value.
             self.skip_whitespace();
             let start = self.pos;
-            let model_value = std::mem::take(&mut model_value_next);
+            let key = value_of.take();
+            let model_value = key == Some(TopKey::Model);
+            if key == Some(TopKey::Stream) {
+                document.streams = self.bytes.get(self.pos..).is_some_and(|rest| rest.starts_with(b"true"));
+            }
             match self.next_byte() {
                 Some(byte @ (b'{' | b'[')) => {
                     if model_value {
@@ -125,7 +151,7 @@ impl<'a> Scanner<'a> {
                         open.pop();
                     } else {
                         if container == Open::Object {
-                            model_value_next = self.key(open.len() == 1, &mut first_model_at)?;
+                            value_of = self.key(open.len() == 1, &mut first_model_at, &mut document)?;
                         }
                         continue;
                     }
@@ -134,7 +160,7 @@ impl<'a> Scanner<'a> {
                     let raw = self.string()?;
                     if model_value {
                         let name = self.decode(&raw)?;
-                        document.model = Some(Model::Named(ModelField { name, span: start..self.pos }));
+                        document.model = Some(Model::Named { name, span: start..self.pos });
                     }
                 }
                 Some(b'n') => {
@@ -173,7 +199,7 @@ impl<'a> Scanner<'a> {
                         self.pos += 1;
                         if container == Open::Object {
                             self.skip_whitespace();
-                            model_value_next = self.key(open.len() == 1, &mut first_model_at)?;
+                            value_of = self.key(open.len() == 1, &mut first_model_at, &mut document)?;
                         }
                         break;
                     }
@@ -190,27 +216,42 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// An object key and its `:`; says whether it is the top-level `model`.
-    fn key(&mut self, top_level: bool, first_model_at: &mut Option<usize>) -> Result<bool, ModelFieldError> {
+    /// An object key and its `:`; says which top-level key it is, when its value is read.
+    fn key(
+        &mut self,
+        top_level: bool,
+        first_model_at: &mut Option<usize>,
+        document: &mut Document<'a>,
+    ) -> Result<Option<TopKey>, ModelFieldError> {
         let at = self.pos;
         self.expect(b'"', "expected a string as object key")?;
         let raw = self.string()?;
-        let is_model = top_level
-            && if raw.escaped {
-                self.decode(&raw)? == "model"
-            } else {
-                self.bytes.get(raw.content.clone()) == Some(b"model")
-            };
+        let decoded;
+        let name: &[u8] = match top_level {
+            false => b"",
+            true if raw.escaped => {
+                decoded = self.decode(&raw)?;
+                decoded.as_bytes()
+            }
+            true => self.bytes.get(raw.content.clone()).unwrap_or_default(),
+        };
         self.skip_whitespace();
         self.expect(b':', "expected `:` after an object key")?;
-        if !is_model {
-            return Ok(false);
+        match name {
+            b"model" => {
+                if let Some(first) = *first_model_at {
+                    return Err(ModelFieldError::DuplicateModel { first, second: at });
+                }
+                *first_model_at = Some(at);
+                Ok(Some(TopKey::Model))
+            }
+            b"stream" => Ok(Some(TopKey::Stream)),
+            b"stream_options" => {
+                document.has_stream_options = true;
+                Ok(None)
+            }
+            _ => Ok(None),
         }
-        if let Some(first) = *first_model_at {
-            return Err(ModelFieldError::DuplicateModel { first, second: at });
-        }
-        *first_model_at = Some(at);
-        Ok(true)
     }
 
     fn expect(&mut self, byte: u8, reason: &'static str) -> Result<(), ModelFieldError> {
@@ -444,6 +485,21 @@ mod tests {
         assert_eq!(name(body), "top");
         assert_eq!(value(body), br#""top""#);
         assert_eq!(name(br#"{"model":"first","x":{"model":"nested"}}"#), "first");
+    }
+
+    #[test]
+    fn the_top_level_stream_flags_are_noted() {
+        let flags = |body: &[u8]| {
+            let field = locate(body).unwrap();
+            (field.streams, field.has_stream_options)
+        };
+        assert_eq!(flags(br#"{"model":"m","stream":true}"#), (true, false));
+        assert_eq!(flags(br#"{"stream" : true ,"model":"m","stream_options":{"include_usage":false}}"#), (true, true));
+        assert_eq!(flags(br#"{"model":"m","stream":false}"#), (false, false));
+        assert_eq!(flags(br#"{"model":"m","stream":"true"}"#), (false, false));
+        assert_eq!(flags(br#"{"model":"m","stream":true,"stream":false}"#), (false, false));
+        assert_eq!(flags(br#"{"model":"m","stream":true}"#), (true, false));
+        assert_eq!(flags(br#"{"model":"m","x":{"stream":true,"stream_options":{}}}"#), (false, false));
     }
 
     #[test]

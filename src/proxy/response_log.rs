@@ -1,6 +1,6 @@
 //! The one log line per request: what the node did with it and what the backend's response was
-//! (its status, the time to its first byte, the body bytes relayed and, for event streams, the
-//! events relayed), as text or with each field apart for the JSON log format.
+//! (its status, the time to its first byte, the body bytes relayed, the tokens it reported and,
+//! for event streams, the events relayed), as text or with each field apart for the JSON log format.
 
 use std::fmt;
 use std::time::Duration;
@@ -9,23 +9,32 @@ use log::kv::{self, Key, Source, Value, VisitSource};
 use pingora::http::ResponseHeader;
 
 use super::upstream::{Exchange, ResponseObserver, SseEventCounter};
+use super::usage::{Framing, Usage, UsageScanner};
+use crate::metrics::{metrics, OpenStream, UpstreamRecord};
 
 #[derive(Debug, Default)]
 pub(crate) struct ResponseLog {
     ttfb: Option<Duration>,
     bytes_out: u64,
-    /// Counted only for `text/event-stream` responses.
-    events: Option<SseEventCounter>,
+    /// Counted only for `text/event-stream` responses, which count as open streams until the
+    /// exchange ends.
+    events: Option<(SseEventCounter, OpenStream)>,
+    usage: Option<UsageScanner>,
 }
 
 impl ResponseLog {
-    pub(crate) fn upstream_record<'a>(&self, entry: &'a str) -> crate::metrics::UpstreamRecord<'a> {
-        crate::metrics::UpstreamRecord {
+    pub(crate) fn upstream_record<'a>(&self, entry: &'a str) -> UpstreamRecord<'a> {
+        UpstreamRecord {
             entry,
             ttfb: self.ttfb,
             bytes_out: self.bytes_out,
-            events: self.events.map(|counter| counter.events),
+            events: self.events.as_ref().map(|(counter, _)| counter.events),
+            usage: self.usage(),
         }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.as_ref().and_then(UsageScanner::usage)
     }
 }
 
@@ -35,18 +44,22 @@ impl ResponseObserver for ResponseLog {
         let content_type = response.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
         let event_stream =
             content_type.is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
-        self.events = event_stream.then(SseEventCounter::default);
+        self.events = event_stream.then(|| (SseEventCounter::default(), metrics().stream_opened()));
+        self.usage = Some(UsageScanner::new(if event_stream { Framing::EventStream } else { Framing::Json }));
     }
 
     fn on_body(&mut self, chunk: &[u8]) {
         self.bytes_out += chunk.len() as u64;
-        if let Some(events) = &mut self.events {
+        if let Some((events, _)) = &mut self.events {
             events.feed(chunk);
+        }
+        if let Some(usage) = &mut self.usage {
+            usage.feed(chunk);
         }
     }
 }
 
-/// ` ttfb_ms=… bytes_out=…[ events=…]`, as the log line ends.
+/// ` ttfb_ms=… bytes_out=…[ events=…][ prompt_tokens=… completion_tokens=…]`, as the log line ends.
 impl fmt::Display for ResponseLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.ttfb {
@@ -54,8 +67,11 @@ impl fmt::Display for ResponseLog {
             None => f.write_str(" ttfb_ms=-")?,
         }
         write!(f, " bytes_out={}", self.bytes_out)?;
-        if let Some(events) = &self.events {
+        if let Some((events, _)) = &self.events {
             write!(f, " events={}", events.events)?;
+        }
+        if let Some(usage) = self.usage() {
+            write!(f, " prompt_tokens={} completion_tokens={}", usage.prompt_tokens, usage.completion_tokens)?;
         }
         Ok(())
     }
@@ -67,8 +83,12 @@ impl Source for ResponseLog {
             visitor.visit_pair(Key::from_str("ttfb_ms"), Value::from(ttfb.as_secs_f64() * 1000.0))?;
         }
         visitor.visit_pair(Key::from_str("bytes_out"), Value::from(self.bytes_out))?;
-        if let Some(events) = &self.events {
+        if let Some((events, _)) = &self.events {
             visitor.visit_pair(Key::from_str("events"), Value::from(events.events))?;
+        }
+        if let Some(usage) = self.usage() {
+            visitor.visit_pair(Key::from_str("prompt_tokens"), Value::from(usage.prompt_tokens))?;
+            visitor.visit_pair(Key::from_str("completion_tokens"), Value::from(usage.completion_tokens))?;
         }
         Ok(())
     }
@@ -169,5 +189,21 @@ mod tests {
             [format!(" ttfb_ms=2.5 bytes_out={bytes} events=2"), format!(" ttfb_ms=2.5 bytes_out={bytes}")]
         );
         assert_eq!(ResponseLog::default().to_string(), " ttfb_ms=- bytes_out=0");
+    }
+
+    #[test]
+    fn tokens_are_logged_when_the_backend_reports_them() {
+        let mut response = ResponseHeader::build(200, None).unwrap();
+        response.insert_header("content-type", "application/json").unwrap();
+        let mut log = ResponseLog::default();
+        log.on_response(&response, Duration::from_millis(4));
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":21,"completion_tokens":8}}"#;
+        log.on_body(&body[..30]);
+        log.on_body(&body[30..]);
+        let expected_len = body.len();
+        assert_eq!(
+            log.to_string(),
+            format!(" ttfb_ms=4.0 bytes_out={expected_len} prompt_tokens=21 completion_tokens=8")
+        );
     }
 }

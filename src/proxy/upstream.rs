@@ -45,6 +45,9 @@ const STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "transfer-encoding",
 ];
 
+/// What `usage.requestStreamUsage` adds to a streamed request's top level.
+const STREAM_USAGE_OPTION: &[u8] = br#""stream_options":{"include_usage":true},"#;
+
 /// Sees every backend response, on both forwarding paths, as it passes to the caller.
 pub(crate) trait ResponseObserver {
     /// The backend's response header arrived, `ttfb` after the node began the exchange.
@@ -69,12 +72,13 @@ pub(crate) struct Exchange<O> {
 
 impl<O: ResponseObserver> Exchange<O> {
     /// Chooses the backend connection for `route`, checks that `request` can be sent to it, and
-    /// makes the body for it from the caller's `body`, whose top-level `model` is `model`.
+    /// makes the body for it from the caller's `body`, whose top-level `model` is `model`; with
+    /// `ask_for_usage`, a streamed request that sets no `stream_options` asks for a usage chunk.
     pub(crate) async fn begin(
         router: &Router,
         route: Arc<ModelRoute>,
         request: &RequestHeader,
-        (body, model): (&Bytes, &ModelField<'_>),
+        (body, model, ask_for_usage): (&Bytes, &ModelField<'_>, bool),
         request_id: RequestId,
         observer: O,
     ) -> Result<Self, Rejected> {
@@ -91,9 +95,16 @@ impl<O: ResponseObserver> Exchange<O> {
         } else {
             None
         };
-        let body = match &route.alias_json {
-            Some(alias) => splice_model(body, model.span.clone(), alias),
-            None => body.clone(),
+        let usage_edit = (ask_for_usage && model.streams && !model.has_stream_options).then(|| {
+            // Only whitespace comes before the opening `{`, and `model` follows it: the comma is sound.
+            let opening = body.iter().position(|&byte| byte == b'{').map_or(0, |at| at + 1);
+            (opening..opening, STREAM_USAGE_OPTION)
+        });
+        let alias_edit = route.alias_json.as_deref().map(|alias| (model.span.clone(), alias));
+        let body = match (usage_edit, alias_edit) {
+            (None, None) => body.clone(),
+            (Some(edit), None) | (None, Some(edit)) => splice(body, &[edit]),
+            (Some(usage), Some(alias)) => splice(body, &[usage, alias]),
         };
         Ok(Self { route, peer, uri, body, request_id, began, observer })
     }
@@ -253,13 +264,19 @@ impl<O: ResponseObserver> Exchange<O> {
     }
 }
 
-/// `body` with the bytes at `span` (the top-level `model`'s value, see `proxy::model_of`)
-/// replaced by `json_string`: one copy, every other byte as it was.
-pub fn splice_model(body: &[u8], span: Range<usize>, json_string: &[u8]) -> Bytes {
-    let mut spliced = Vec::with_capacity(body.len() - span.len() + json_string.len());
-    spliced.extend_from_slice(&body[..span.start]);
-    spliced.extend_from_slice(json_string);
-    spliced.extend_from_slice(&body[span.end..]);
+/// `body` with the bytes at each span replaced by the bytes beside it (an empty span inserts
+/// them): one copy, every other byte as it was. The spans are in order and do not overlap (the
+/// top-level `model`'s value, see `proxy::model_of`, and the place after the body's opening `{`).
+pub fn splice(body: &[u8], edits: &[(Range<usize>, &[u8])]) -> Bytes {
+    let len = edits.iter().fold(body.len(), |len, (span, bytes)| len - span.len() + bytes.len());
+    let mut spliced = Vec::with_capacity(len);
+    let mut copied = 0;
+    for (span, bytes) in edits {
+        spliced.extend_from_slice(&body[copied..span.start]);
+        spliced.extend_from_slice(bytes);
+        copied = span.end;
+    }
+    spliced.extend_from_slice(&body[copied..]);
     Bytes::from(spliced)
 }
 
@@ -340,7 +357,7 @@ mod tests {
         let body = Bytes::copy_from_slice(body);
         let model = crate::proxy::model_of(&body).unwrap();
         let route = router.select(&model.name).unwrap();
-        Exchange::begin(router, route, request, (&body, &model), RequestId::new(), Ignore).await.ok().unwrap()
+        Exchange::begin(router, route, request, (&body, &model, false), RequestId::new(), Ignore).await.ok().unwrap()
     }
 
     /// `request` as the backend of `model` gets it, with the 13-byte body `{"model":"<model>"}`.

@@ -350,3 +350,11 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `config.yaml` lines (after the generated `registry.static`) that read the chain at `rpc`.
+pub fn chain_config(rpc: &str, router: Address, more_registry: &str) -> String {
+    format!(
+        "  routerSmartContractAddress: \"{router:?}\"\n  gateway: {{pollInterval: 1s}}\n  provider: {{pollInterval: 1s}}\n\
+         {more_registry}rpcProvider: \"{rpc}\"\n"
+    )
+}

@@ -85,6 +85,8 @@ pub fn free_port() -> u16 {
 const NODE_KEY_FILE: &str = "node_key.json";
 /// Lines for config.yaml's `node` section, kept beside it (see [`NodeFiles::with_node_settings`]).
 const NODE_SETTINGS_FILE: &str = "node_settings.yaml";
+/// Lines for config.yaml's `metrics` section, kept beside it (see [`NodeFiles::with_metrics_settings`]).
+const METRICS_SETTINGS_FILE: &str = "metrics_settings.yaml";
 /// config.yaml's `logger.format`, kept beside it (see [`NodeFiles::with_log_format`]).
 const LOG_FORMAT_FILE: &str = "log_format";
 
@@ -127,15 +129,23 @@ impl NodeFiles {
     }
 
     /// Adds `lines` (YAML, each indented two spaces) to config.yaml's `node` section.
-    pub fn with_node_settings(mut self, lines: &str) -> Self {
-        std::fs::write(self.path(NODE_SETTINGS_FILE), lines).unwrap();
-        self.pick_port();
-        self
+    pub fn with_node_settings(self, lines: &str) -> Self {
+        self.with_file(NODE_SETTINGS_FILE, lines)
+    }
+
+    /// Adds `lines` (YAML, each indented two spaces) to config.yaml's `metrics` section.
+    pub fn with_metrics_settings(self, lines: &str) -> Self {
+        self.with_file(METRICS_SETTINGS_FILE, lines)
     }
 
     /// Sets config.yaml's `logger.format`.
-    pub fn with_log_format(mut self, format: &str) -> Self {
-        std::fs::write(self.path(LOG_FORMAT_FILE), format).unwrap();
+    pub fn with_log_format(self, format: &str) -> Self {
+        self.with_file(LOG_FORMAT_FILE, format)
+    }
+
+    /// Keeps `text` beside config.yaml, which is written again with it.
+    fn with_file(mut self, name: &str, text: &str) -> Self {
+        std::fs::write(self.path(name), text).unwrap();
         self.pick_port();
         self
     }
@@ -149,11 +159,12 @@ impl NodeFiles {
         let key_file =
             if key_file.exists() { format!("  keyFile: \"{}\"\n", key_file.display()) } else { String::new() };
         let node_settings = std::fs::read_to_string(self.path(NODE_SETTINGS_FILE)).unwrap_or_default();
+        let metrics_settings = std::fs::read_to_string(self.path(METRICS_SETTINGS_FILE)).unwrap_or_default();
         self.metrics_port = free_port();
         let log_format = std::fs::read_to_string(self.path(LOG_FORMAT_FILE)).unwrap_or_else(|_| "text".into());
         let config = format!(
             "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\n{key_file}{node_settings}logger:\n  verbosity: debug\n  format: {log_format}\n\
-             metrics:\n  listenAddress: \"127.0.0.1:{}\"\n\
+             metrics:\n  listenAddress: \"127.0.0.1:{}\"\n{metrics_settings}\
              registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
             self.port,
             self.metrics_port,

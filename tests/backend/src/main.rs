@@ -10,7 +10,14 @@
 //!   `reset-if-reused` (the same, but only on a connection that has served a request before: a
 //!   pooled connection the backend dropped just as the node reused it);
 //! - `x-test-delay-ms`: wait before the first byte;
-//! - `x-test-chunks`, `x-test-interval-ms`: events per stream and the pause between them.
+//! - `x-test-chunks`, `x-test-interval-ms`: events per stream and the pause between them;
+//! - `x-test-split-ms`: each event of a stream, and a JSON body, is sent in two pieces this many
+//!   milliseconds apart, cut in the middle (for readers that must join what arrives apart).
+//!
+//! Usage is reported as OpenAI does: `prompt_tokens` is the number of whitespace-separated words of
+//! the prompt or the messages' contents, `completion_tokens` 2 for a JSON answer and the number of
+//! events for a stream, whose usage comes in a last chunk only when `stream_options.include_usage`
+//! asks for it (every earlier chunk then says `"usage": null`).
 //!
 //! Every response carries `x-backend-body-sha256`, `x-backend-body-length`, `x-backend-path`,
 //! `x-backend-connection` (the connection's number), `x-backend-headers` (names received), and
@@ -195,6 +202,7 @@ impl Backend {
         let chunks = header_value(&request, "x-test-chunks").unwrap_or(self.args.chunks);
         let interval =
             Duration::from_millis(header_value(&request, "x-test-interval-ms").unwrap_or(self.args.interval_ms));
+        let split = header_value(&request, "x-test-split-ms").map(Duration::from_millis);
         let mut names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         let echo_headers = names.join(",");
@@ -238,16 +246,24 @@ impl Backend {
         let mut response = if fault.as_deref() == Some("status-500") {
             status(StatusCode::INTERNAL_SERVER_ERROR, "injected backend failure")
         } else if json["stream"].as_bool() == Some(true) && !path.ends_with("/embeddings") {
-            self.stream(model, chunks, interval, cut)
+            let usage = (json["stream_options"]["include_usage"].as_bool() == Some(true)).then(|| prompt_words(&json));
+            self.stream(StreamShape { model, chunks, interval, split, usage }, cut)
         } else {
             let canned = Bytes::from(self.canned(&path, &model, &json).to_string());
-            match cut {
+            match (cut, split) {
                 // Its first half, chunked (a fed body declares no length); `close` cuts streams only.
-                Some(cut @ Cut::Stall) => {
+                (Some(cut @ Cut::Stall), _) => {
                     let (mut sender, body) = fed_body(Some(cut));
                     let _ = sender.try_send(Frame::data(canned.slice(..canned.len() / 2)));
                     cut.apply(sender);
                     Response::new(body)
+                }
+                (_, Some(pause)) => {
+                    let (mut sender, body) = fed_body(None);
+                    tokio::spawn(async move { send_split(&mut sender, canned, pause).await });
+                    let mut response = Response::new(body);
+                    response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+                    response
                 }
                 _ => Response::new(full(canned)),
             }
@@ -282,10 +298,13 @@ impl Backend {
                 "object": "list",
                 "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
                 "model": model,
-                "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                "usage": {"prompt_tokens": prompt_words(request), "total_tokens": prompt_words(request)},
             });
         }
-        let usage = serde_json::json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5});
+        let prompt_tokens = prompt_words(request);
+        let usage = serde_json::json!({
+            "prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2,
+        });
         if path.ends_with("/chat/completions") {
             serde_json::json!({
                 "id": "chatcmpl-test", "object": "chat.completion", "created": created, "model": model,
@@ -302,12 +321,13 @@ impl Backend {
         }
     }
 
-    /// Streams `chunks` events `interval` apart, each stamped with its send time, then `[DONE]`;
-    /// a `cut` comes after the first event.
-    fn stream(&self, model: String, chunks: u32, interval: Duration, cut: Option<Cut>) -> Response<Body> {
+    /// Streams `chunks` events `interval` apart, each stamped with its send time, then the usage
+    /// chunk when asked for, then `[DONE]`; a `cut` comes after the first event.
+    fn stream(&self, shape: StreamShape, cut: Option<Cut>) -> Response<Body> {
         let (mut sender, body) = fed_body(cut);
         let stats = self.stats.clone();
         let created = unix_micros() / 1_000_000;
+        let StreamShape { model, chunks, interval, split, usage } = shape;
         let task = async move {
             for index in 0..chunks {
                 if index > 0 {
@@ -317,13 +337,27 @@ impl Backend {
                     cut.apply(sender);
                     return;
                 }
-                let event = serde_json::json!({
+                let mut event = serde_json::json!({
                     "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": created,
                     "model": model, "sent_at_us": unix_micros().to_string(),
                     "choices": [{"index": 0, "delta": {"content": format!("tok{index} ")}, "finish_reason": null}],
                 });
-                if sender.send(Frame::data(Bytes::from(format!("data: {event}\n\n")))).await.is_err() {
+                if usage.is_some() {
+                    event["usage"] = serde_json::Value::Null;
+                }
+                if !send_event(&mut sender, &event, split).await {
                     stats.cancelled_streams.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            if let Some(prompt_tokens) = usage {
+                let event = serde_json::json!({
+                    "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": chunks,
+                              "total_tokens": prompt_tokens + u64::from(chunks)},
+                });
+                if !send_event(&mut sender, &event, split).await {
                     return;
                 }
             }
@@ -335,6 +369,50 @@ impl Backend {
         response.headers_mut().insert("cache-control", "no-cache".parse().expect("static header"));
         response
     }
+}
+
+/// What a streamed answer is made of.
+struct StreamShape {
+    model: String,
+    chunks: u32,
+    interval: Duration,
+    /// Each event in two pieces this far apart.
+    split: Option<Duration>,
+    /// The prompt's tokens, when the caller asked for a usage chunk.
+    usage: Option<u64>,
+}
+
+/// The prompt's whitespace-separated words: of `prompt`, or of every message's string `content`.
+fn prompt_words(request: &serde_json::Value) -> u64 {
+    let words = |text: &str| text.split_whitespace().count() as u64;
+    match (&request["prompt"], &request["input"], request["messages"].as_array()) {
+        (serde_json::Value::String(prompt), _, _) | (_, serde_json::Value::String(prompt), _) => words(prompt),
+        (_, _, Some(messages)) => messages.iter().filter_map(|m| m["content"].as_str()).map(words).sum(),
+        _ => 0,
+    }
+}
+
+/// Sends one event, whole or split; false once the caller has gone.
+async fn send_event(
+    sender: &mut Sender<Bytes, std::io::Error>,
+    event: &serde_json::Value,
+    split: Option<Duration>,
+) -> bool {
+    let bytes = Bytes::from(format!("data: {event}\n\n"));
+    match split {
+        Some(pause) => send_split(sender, bytes, pause).await,
+        None => sender.send(Frame::data(bytes)).await.is_ok(),
+    }
+}
+
+/// Sends `bytes` in two pieces, cut in the middle, `pause` apart; false once the caller has gone.
+async fn send_split(sender: &mut Sender<Bytes, std::io::Error>, bytes: Bytes, pause: Duration) -> bool {
+    let middle = bytes.len() / 2;
+    if sender.send(Frame::data(bytes.slice(..middle))).await.is_err() {
+        return false;
+    }
+    tokio::time::sleep(pause).await;
+    sender.send(Frame::data(bytes.slice(middle..))).await.is_ok()
 }
 
 /// A body fed piece by piece through the sender returned; with a `Stall` cut, once the sender is
