@@ -1,4 +1,4 @@
-//! The `fxn` command line: `fxn start`, `fxn config check`, `fxn accounts`, `fxn sign`.
+//! The `fxn` command line: `fxn start`, `fxn reload`, `fxn config check`, `fxn accounts`, `fxn sign`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +20,9 @@ pub struct Cli {
 enum Command {
     /// Run the node.
     Start(StartArgs),
+    /// Check model_backend.yaml, then have the running node (found by the server conf's
+    /// pid_file) read it again; requests in flight keep their backends.
+    Reload(ReloadArgs),
     /// Work with the node's configuration files.
     Config {
         #[command(subcommand)]
@@ -117,6 +120,16 @@ struct StartArgs {
 }
 
 #[derive(Args)]
+struct ReloadArgs {
+    /// The model → backend map the node reads (checked here first).
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_MODEL_BACKEND_PATH)]
+    model_backend: PathBuf,
+    /// The Pingora server conf, whose pid_file names the running node.
+    #[arg(short = 'c', long = "conf", value_name = "PATH", default_value = config::DEFAULT_SERVER_CONF_PATH)]
+    server_conf: PathBuf,
+}
+
+#[derive(Args)]
 struct CheckArgs {
     #[command(flatten)]
     files: NodeFiles,
@@ -128,6 +141,7 @@ struct CheckArgs {
 pub fn run() -> ExitCode {
     match Cli::parse().command {
         Command::Start(args) => start(args),
+        Command::Reload(args) => reload(&args),
         Command::Config { command: ConfigCommand::Check(args) } => check(args),
         Command::Accounts { command: AccountsCommand::New { out, force } } => accounts_new(&out, force),
         Command::Accounts { command: AccountsCommand::Show { path } } => accounts_show(&path),
@@ -244,7 +258,35 @@ fn start(args: StartArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&settings.node.log);
-    crate::server::run(settings, node_key, pingora_opt)
+    crate::server::run(settings, paths.model_backend, node_key, pingora_opt)
+}
+
+fn reload(args: &ReloadArgs) -> ExitCode {
+    if let Err(errors) = config::ModelBackends::load(&args.model_backend) {
+        eprintln!("fxn: the node was not asked to reload:");
+        return report_config_errors(&errors);
+    }
+    let server = match config::load_server_conf(&args.server_conf) {
+        Ok(server) => server,
+        Err(errors) => return report_config_errors(&errors),
+    };
+    let pid = match std::fs::read_to_string(&server.pid_file) {
+        Ok(text) => text,
+        Err(e) => {
+            return fail(format!("cannot read the node's pid_file {}: {e}; is the node running?", server.pid_file))
+        }
+    };
+    let pid = match pid.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => pid,
+        _ => return fail(format!("the pid_file {} holds `{}`, not a process id", server.pid_file, pid.trim())),
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP) {
+        Ok(()) => {
+            println!("asked the node (pid {pid}) to reload {}; its log says when it has", args.model_backend.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cannot signal the node (pid {pid} from {}): {e}", server.pid_file)),
+    }
 }
 
 fn check(args: CheckArgs) -> ExitCode {

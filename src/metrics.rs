@@ -19,6 +19,7 @@ use crate::auth::{NonceStore, Role, Signer};
 use crate::challenge::GpuStat;
 use crate::proxy::Usage;
 use crate::registry::{ChainRegistries, OwnRegistration};
+use crate::routing::{Availability, Routes};
 
 /// Buckets from 1 ms to about a minute: a signed request answered by the node itself takes
 /// milliseconds, a long generation tens of seconds.
@@ -46,6 +47,9 @@ pub struct Metrics {
     gpu_utilization: GaugeVec,
     gpu_memory_used: IntGaugeVec,
     gpu_memory_total: IntGaugeVec,
+    backend_failures: IntCounterVec,
+    backend_ejections: IntCounterVec,
+    failovers: IntCounterVec,
 }
 
 /// `metrics.enabled: false` turns every recording into a no-op (the listener is not started).
@@ -166,6 +170,21 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "GPU memory in all, by device index and name.",
             &["gpu", "name"]
         )),
+        backend_failures: registered(register_int_counter_vec!(
+            "fxn_backend_failures_total",
+            "Requests that failed on a backend (connect failure, reset, 5xx other than a prompt too long), by model entry and backend URL.",
+            &["entry", "backend"]
+        )),
+        backend_ejections: registered(register_int_counter_vec!(
+            "fxn_backend_ejections_total",
+            "Times a backend was taken out for its cooldown after outlier.consecutive_failures failures in a row, by model entry and backend URL.",
+            &["entry", "backend"]
+        )),
+        failovers: registered(register_int_counter_vec!(
+            "fxn_failovers_total",
+            "Requests sent again to another backend of their model entry after a failure before any byte reached the caller.",
+            &["entry"]
+        )),
     }
 });
 
@@ -264,6 +283,23 @@ impl Metrics {
     }
 
     /// `reason` is an authentication error code: a fixed set.
+    /// A request failed on `backend` of `entry`; `ejected` when that took the backend out.
+    pub fn backend_failed(&self, entry: &str, backend: &str, ejected: bool) {
+        if enabled() {
+            self.backend_failures.with_label_values(&[entry, backend]).inc();
+            if ejected {
+                self.backend_ejections.with_label_values(&[entry, backend]).inc();
+            }
+        }
+    }
+
+    /// A request of `entry` goes to another backend after a failure.
+    pub fn failed_over(&self, entry: &str) {
+        if enabled() {
+            self.failovers.with_label_values(&[entry]).inc();
+        }
+    }
+
     pub fn auth_failed(&self, reason: &'static str) {
         if enabled() {
             self.auth_failures.with_label_values(&[reason]).inc();
@@ -368,6 +404,52 @@ impl Collector for NonceStoreCollector {
         self.entries.set(gauge(self.store.len()));
         self.capacity.set(gauge(self.store.capacity()));
         self.entries.collect().into_iter().chain(self.capacity.collect()).collect()
+    }
+}
+
+/// Each backend's state in the route table in force, read at each scrape (a reload changes the
+/// backends listed).
+pub struct BackendCollector {
+    routes: Arc<Routes>,
+    up: IntGaugeVec,
+    in_flight: IntGaugeVec,
+}
+
+impl BackendCollector {
+    pub fn register(routes: Arc<Routes>) {
+        let gauge = |name: &str, help: &str| registered(IntGaugeVec::new(Opts::new(name, help), &["entry", "backend"]));
+        let collector = Self {
+            routes,
+            up: gauge(
+                "fxn_backend_up",
+                "1 while a backend takes requests; 0 while its health checks fail or it cools down after failures.",
+            ),
+            in_flight: gauge("fxn_backend_requests_in_flight", "Requests (streams until they end) on a backend now."),
+        };
+        registered(prometheus::register(Box::new(collector)));
+    }
+}
+
+impl Collector for BackendCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.up.desc().into_iter().chain(self.in_flight.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.up.reset();
+        self.in_flight.reset();
+        let router = self.routes.current();
+        for route in router.entries() {
+            for backend in &route.backends {
+                let labels = [route.entry.as_str(), backend.url.as_str()];
+                let up = backend.state.availability() != Availability::Down;
+                self.up.with_label_values(&labels).set(i64::from(up));
+                self.in_flight
+                    .with_label_values(&labels)
+                    .set(i64::try_from(backend.state.in_flight()).unwrap_or(i64::MAX));
+            }
+        }
+        self.up.collect().into_iter().chain(self.in_flight.collect()).collect()
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use crate::keys::publicly_known;
 use crate::keys::NodeKey;
 use crate::proxy::NodeProxy;
 use crate::registry::{ChainReader, ChainRegistries, Directory, RegistryRefresher, StaticRegistry};
-use crate::routing::Router;
+use crate::routing::{HealthChecker, RouteReloader, Router, Routes, CHECK_ROUND};
 
 /// Callers' connections read straight into Pingora's header and body buffers. Pingora's default
 /// adds a 64 KiB read buffer per connection that tokio fills with zeros, which costs each open
@@ -34,7 +35,8 @@ const DOWNSTREAM_BUFFERS: L4BufferSettings =
     L4BufferSettings { read: Some(0), write: Some(DEFAULT_L4_WRITE_BUFFER_SIZE) };
 
 /// Runs the node until it is told to stop; Pingora handles `-d`, `-t` and `-u` itself.
-pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
+/// `model_backend` is the file SIGHUP reloads.
+pub fn run(settings: Settings, model_backend: PathBuf, node_key: Option<NodeKey>, opt: Opt) -> ! {
     let Settings { node, models, mut server } = settings;
     if let Some(pool_size) = node.proxy.max_idle_conns {
         server.upstream_keepalive_pool_size = pool_size;
@@ -46,8 +48,18 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
     let static_signers = StaticRegistry::from_settings(&node.registry);
     warn_about_public_keys(&static_signers);
     let own_address = node_key.as_ref().map(|key| key.address);
-    let router = Arc::new(Router::new(&models, &node.proxy));
+    let router = Router::new(&models, &node.proxy);
     let network_model_ids = router.entries().filter_map(|route| route.fxn_id.clone()).collect();
+    let routes = Arc::new(Routes::new(router));
+    let reloader = RouteReloader { routes: routes.clone(), path: model_backend, proxy: node.proxy.clone() };
+    pingora_server.add_service(background_service("route reloader", reloader));
+    let checker = Arc::new(HealthChecker::new(routes.clone()));
+    let check_round = move || {
+        let checker = checker.clone();
+        async move { checker.round().await }
+    };
+    pingora_server
+        .add_service(background_service("health checker", Periodic { interval: CHECK_ROUND, tick: check_round }));
     let chain = chain_registries(&node.registry, own_address, network_model_ids, &mut pingora_server);
     let nonces = Arc::new(NonceStore::new(node.nonce_cache.max_entries));
     let auth = Authenticator::new(
@@ -76,6 +88,7 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
         // Registered now, so the first scrape already shows the build and process.
         crate::metrics::metrics();
         crate::metrics::NonceStoreCollector::register(nonces.clone());
+        crate::metrics::BackendCollector::register(routes.clone());
         let mut metrics_service = pingora_prometheus::prometheus_http_service();
         metrics_service.add_tcp(&node.metrics.listen_address.to_string());
         pingora_server.add_service(metrics_service);
@@ -87,11 +100,12 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
 
     let conf = pingora_server.configuration.clone();
     let connector = Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(&conf))));
-    let probe = ModelProbe::new(router.clone(), connector.clone(), conf.max_retries);
+    // Pingora's own loop stops at its `max_retries` whatever the node says.
+    let max_attempts = node.proxy.max_attempts.min(conf.max_retries.max(1));
+    let probe = ModelProbe::new(routes.clone(), connector.clone(), max_attempts);
     let challenges = Arc::new(Challenges::new(&node, node_key.clone(), probe));
     let stream_usage = node.usage.request_stream_usage;
-    let proxy =
-        NodeProxy::new(auth, router, challenges, node.limits.clone(), connector, conf.max_retries, stream_usage);
+    let proxy = NodeProxy::new(auth, routes, challenges, node.limits.clone(), connector, max_attempts, stream_usage);
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "fxn proxy");
     service.add_listener(ListenerConfig::tcp(node.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     pingora_server.add_service(service);
@@ -105,7 +119,19 @@ pub fn run(settings: Settings, node_key: Option<NodeKey>, opt: Opt) -> ! {
         models.form,
         node_key.map_or_else(|| "not set (node.keyFile)".to_string(), |key| key.checksummed_address()),
     );
+    write_pid_file(&conf);
     pingora_server.run_forever()
+}
+
+/// Pingora writes `pid_file` only for a daemon; `fxn reload` and the README's stop and upgrade
+/// commands read it whichever way the node runs, so a node in the foreground writes its own.
+fn write_pid_file(conf: &pingora::server::configuration::ServerConf) {
+    if conf.daemon || conf.pid_file.is_empty() {
+        return;
+    }
+    if let Err(e) = std::fs::write(&conf.pid_file, format!("{}\n", std::process::id())) {
+        log::warn!("cannot write the pid_file {}: {e}; `fxn reload` will not find the node", conf.pid_file);
+    }
 }
 
 /// The chain registries and the service that refreshes them, when `rpcProvider` is set.

@@ -8,13 +8,13 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use chain::{chain_config, eventually, Chain, Fault, RpcProxy};
+use chain::{chain_config, Chain, Fault, RpcProxy};
 use ethers_core::types::Address;
 use fxn_node::keys::NodeKey;
 use fxn_node::registry::{ChainReader, GatewayEntry};
 use support::{
-    api_error, chat_body, error_code, header, now_unix, run_fxn, scrape_until, signed_post, value, Node, NodeFiles,
-    TestBackend,
+    api_error, chat_body, error_code, eventually, header, now_unix, run_fxn, scrape_until, signed_post, value, Node,
+    NodeFiles, TestBackend,
 };
 
 /// The poll interval of the test nodes: every "within one interval" below allows a few.

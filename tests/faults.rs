@@ -96,6 +96,7 @@ async fn stream_cut_by_the_backend_ends_the_callers_stream_and_the_node_carries_
         let text = String::from_utf8_lossy(&received);
         assert!(text.contains("tok0"), "the first event arrives: {text}");
         assert!(!text.contains("[DONE]"), "a cut stream must not look complete");
+        assert!(text.contains(r#""code":"backend_unavailable""#), "an error event says why: {text}");
         assert_eq!(outcome, "error", "the caller must see the stream was cut");
     }
     let ok = chat_with_fault(&node, "", 512, false).await;

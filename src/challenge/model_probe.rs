@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{Answer, Challenge, ChallengeError, Figures, Payload};
 use crate::proxy::{model_of, ApiError, ErrorCode, Exchange, Rejected, RequestId, ResponseObserver};
-use crate::routing::Router;
+use crate::routing::Routes;
 
 const NAME: &str = "PROXY";
 const SHAPE: &str =
@@ -29,7 +29,7 @@ const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// How the node reaches its backends: the same router, pool and attempt bound as the proxy.
 pub struct ModelProbe {
-    router: Arc<Router>,
+    routes: Arc<Routes>,
     connector: Arc<Connector>,
     max_attempts: usize,
 }
@@ -43,12 +43,13 @@ struct ProbeRequest {
 }
 
 impl ModelProbe {
-    pub fn new(router: Arc<Router>, connector: Arc<Connector>, max_attempts: usize) -> Self {
-        Self { router, connector, max_attempts }
+    pub fn new(routes: Arc<Routes>, connector: Arc<Connector>, max_attempts: usize) -> Self {
+        Self { routes, connector, max_attempts }
     }
 
     async fn probe(&self, model: &str, body: Bytes) -> Result<serde_json::Value, ChallengeError> {
-        let route = self.router.select(model)?;
+        let router = self.routes.current();
+        let route = router.select(model)?;
         let field = model_of(&body).map_err(|e| ChallengeError::Internal(e.message))?;
         let mut request = RequestHeader::build("POST", b"/v1/chat/completions", Some(2))
             .map_err(|e| ChallengeError::Internal(e.to_string()))?;
@@ -57,15 +58,22 @@ impl ModelProbe {
             .map_err(|e| ChallengeError::Internal(e.to_string()))?;
         let observer = StreamProbe::new();
         let began = observer.began;
-        let exchange =
-            Exchange::begin(&self.router, route, &request, (&body, &field, false), RequestId::new(), observer).await;
+        let exchange = Exchange::begin(
+            router,
+            route,
+            &request,
+            (&body, &field, false),
+            (RequestId::new(), self.max_attempts),
+            observer,
+        )
+        .await;
         let mut exchange = match exchange {
             Ok(exchange) => exchange,
             Err(Rejected::Answer(error)) => return Ok(unreachable(model, &error, began)),
             Err(Rejected::Failed(error)) => return Err(ChallengeError::Internal(error.to_string())),
         };
         let read = async {
-            let (mut upstream, _) = exchange.open(&self.connector, request, self.max_attempts).await?;
+            let (mut upstream, _) = exchange.open(&self.connector, request).await?;
             while exchange.next_body(&mut upstream).await?.is_some() {}
             exchange.release(&self.connector, upstream).await;
             Ok::<_, Box<pingora::Error>>(())

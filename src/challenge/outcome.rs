@@ -21,7 +21,9 @@ impl Outcome {
             Ok(_) => Self::Answered,
             Err(ChallengeError::Busy(_)) => Self::Busy,
             Err(ChallengeError::NodeKeyMissing | ChallengeError::Internal(_)) => Self::Failed,
-            Err(ChallengeError::Routing(crate::routing::RoutingError::Unresolvable { .. })) => Self::Failed,
+            Err(ChallengeError::Routing(
+                crate::routing::RoutingError::Unresolvable { .. } | crate::routing::RoutingError::AllDown { .. },
+            )) => Self::Failed,
             Err(_) => Self::Invalid,
         }
     }

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model_backend::{
-    Backend, BackendAuth, BackendProvider, FileForm, ModelBackends, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY,
+    Affinity, Backend, BackendAuth, BackendProvider, FileForm, HealthCheck, ModelBackends, ModelEntry,
+    OutlierDetection, Policy, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY, MAX_BACKENDS_PER_ENTRY, MIN_HEALTH_INTERVAL,
 };
 pub use node::{
     AuthSettings, ChallengeSettings, Limits, LogFormat, LogSettings, MetricsSettings, NodeConfig, NonceBackend,

@@ -91,6 +91,9 @@ impl NodeConfig {
                 "must be at least 1: with none, every MATRIX_MULTIPLICATION and PROXY challenge is refused",
             ));
         }
+        if proxy.max_attempts == 0 {
+            errors.push(ConfigError::new(path, "proxy.maxAttempts", "must be at least 1 (the first attempt)"));
+        }
         if limits.max_body_bytes == 0 {
             errors.push(ConfigError::new(path, "limits.maxBodyBytes", "must be at least 1 byte"));
         }
@@ -412,6 +415,9 @@ pub struct ProxySettings {
     /// The longest wait for any read from a backend, the first token included.
     #[serde(deserialize_with = "yaml::positive_duration")]
     pub read_timeout: Duration,
+    /// Attempts per request in all, the first included: a failure before the response reached
+    /// the caller is tried once more on another backend of the model by default.
+    pub max_attempts: usize,
 }
 
 impl Default for ProxySettings {
@@ -421,6 +427,7 @@ impl Default for ProxySettings {
             idle_conn_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
+            max_attempts: 2,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! (`{"error": {"message", "type", "code", "request_id"}}`) that OpenAI clients show.
 
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
@@ -122,7 +122,7 @@ pub struct ApiError {
     pub status: u16,
     pub message: String,
     /// The header `code` calls for, with its value.
-    pub header: Option<(HeaderName, &'static str)>,
+    pub header: Option<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -131,10 +131,10 @@ impl ApiError {
             // Nonces expire continuously, and the shared store reconnects at once: a second is
             // enough; most challenges end within one too.
             ErrorCode::NonceStoreFull | ErrorCode::NonceStoreUnavailable | ErrorCode::ChallengeBusy => {
-                code.header().map(|name| (name, "1"))
+                code.header().map(|name| (name, HeaderValue::from_static("1")))
             }
             // A registry that is not loaded is retried every few seconds (registry/refresh.rs).
-            ErrorCode::RegistryUnavailable => code.header().map(|name| (name, "5")),
+            ErrorCode::RegistryUnavailable => code.header().map(|name| (name, HeaderValue::from_static("5"))),
             _ => None,
         };
         Self { code, status: code.status(), message: message.into(), header }
@@ -143,7 +143,7 @@ impl ApiError {
     pub fn method_not_allowed(allow: &'static str) -> Self {
         let code = ErrorCode::MethodNotAllowed;
         Self {
-            header: code.header().map(|name| (name, allow)),
+            header: code.header().map(|name| (name, HeaderValue::from_static(allow))),
             ..Self::new(code, format!("this path accepts {allow} only"))
         }
     }
@@ -222,7 +222,7 @@ pub(super) async fn write_response(
     session: &mut Session,
     status: u16,
     content_type: &str,
-    extra_header: Option<&(HeaderName, &'static str)>,
+    extra_header: Option<&(HeaderName, HeaderValue)>,
     request_id: &RequestId,
     body: Bytes,
 ) -> pingora::Result<()> {
@@ -231,7 +231,7 @@ pub(super) async fn write_response(
     header.insert_header(header::CONTENT_LENGTH, body.len())?;
     header.insert_header(X_REQUEST_ID, request_id.header())?;
     if let Some((name, value)) = extra_header {
-        header.insert_header(name.clone(), *value)?;
+        header.insert_header(name.clone(), value.clone())?;
     }
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(body), true).await
@@ -274,6 +274,15 @@ impl From<RoutingError> for ApiError {
         let code = match error {
             RoutingError::UnknownModel { .. } => ErrorCode::ModelNotFound,
             RoutingError::Unresolvable { .. } => ErrorCode::BackendUnavailable,
+            // Answered at once, with when to come back: not a backend that failed this request.
+            RoutingError::AllDown { retry_after, .. } => {
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                return Self {
+                    status: 503,
+                    header: Some((header::RETRY_AFTER, HeaderValue::from(seconds))),
+                    ..Self::new(ErrorCode::BackendUnavailable, error.to_string())
+                };
+            }
         };
         Self::new(code, error.to_string())
     }
@@ -318,7 +327,7 @@ mod tests {
             assert_eq!((api_error.status, api_error.code.as_str()), (status, code));
         }
         let full = ApiError::from(AuthError::NonceStoreFull);
-        assert_eq!(full.header, Some((header::RETRY_AFTER, "1")));
+        assert_eq!(full.header, Some((header::RETRY_AFTER, HeaderValue::from_static("1"))));
     }
 
     #[test]

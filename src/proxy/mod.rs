@@ -34,7 +34,7 @@ use crate::auth::{Authenticator, Role, Signer};
 use crate::challenge::Challenges;
 use crate::config::Limits;
 use crate::metrics::{metrics, InFlight, RequestRecord};
-use crate::routing::Router;
+use crate::routing::Routes;
 
 /// What a path is, once its method is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,12 +109,12 @@ enum Handled {
 
 pub(crate) struct NodeProxy {
     auth: Arc<Authenticator>,
-    router: Arc<Router>,
+    routes: Arc<Routes>,
     challenges: Arc<Challenges>,
     limits: Limits,
     /// Backend connections for the relay path and the PROXY challenge; pooled like Pingora's own.
     connector: Arc<Connector>,
-    /// Pingora's `max_retries`, which bounds the relay's attempts too.
+    /// `proxy.maxAttempts`, on both forwarding paths.
     max_attempts: usize,
     /// `usage.requestStreamUsage`.
     request_stream_usage: bool,
@@ -123,14 +123,14 @@ pub(crate) struct NodeProxy {
 impl NodeProxy {
     pub fn new(
         auth: Arc<Authenticator>,
-        router: Arc<Router>,
+        routes: Arc<Routes>,
         challenges: Arc<Challenges>,
         limits: Limits,
         connector: Arc<Connector>,
         max_attempts: usize,
         request_stream_usage: bool,
     ) -> Self {
-        Self { auth, router, challenges, limits, connector, max_attempts, request_stream_usage }
+        Self { auth, routes, challenges, limits, connector, max_attempts, request_stream_usage }
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Handled, Rejected> {
@@ -143,7 +143,7 @@ impl NodeProxy {
             }
             Endpoint::ModelList => {
                 self.authenticate(session, ctx, Role::Gateway).await?;
-                let list = Bytes::from(self.router.model_list().to_string());
+                let list = Bytes::from(self.routes.current().model_list().to_string());
                 respond(session, ctx, 200, "application/json", list).await?;
                 Ok(Handled::Answered)
             }
@@ -179,17 +179,18 @@ impl NodeProxy {
         body: Bytes,
     ) -> Result<Handled, Rejected> {
         let model = body::model_of(&body)?;
-        let route = self.router.select(&model.name);
+        let router = self.routes.current();
+        let route = router.select(&model.name);
         // Logged whether or not it is served.
         ctx.model = Some(model.name.to_string());
         let route = route?;
         let exchange = ctx.exchange.insert(
             Exchange::begin(
-                &self.router,
+                router,
                 route,
                 session.req_header(),
                 (&body, &model, self.request_stream_usage && endpoint != Endpoint::Embeddings),
-                ctx.request_id.clone(),
+                (ctx.request_id.clone(), self.max_attempts),
                 ResponseLog::default(),
             )
             .await?,
@@ -200,7 +201,7 @@ impl NodeProxy {
         // Boxed: the relay's state is kilobytes, and inline it would grow every request's
         // `request_filter` future, which is copied into a box on each call, though only
         // bodies beyond 64 KiB take this path.
-        Box::pin(exchange.relay(&self.connector, session, self.max_attempts)).await?;
+        Box::pin(exchange.relay(&self.connector, session)).await?;
         Ok(Handled::Answered)
     }
 }
@@ -211,7 +212,7 @@ impl NodeProxy {
     /// was read.
     fn metric_model<'a>(&self, ctx: &'a RequestCtx) -> &'a str {
         match ctx.model.as_deref() {
-            Some(model) if self.router.lists(model) => model,
+            Some(model) if self.routes.current().lists(model) => model,
             Some(_) => "other",
             None => "none",
         }
@@ -285,7 +286,7 @@ impl ProxyHttp for NodeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        Ok(exchange_of(ctx)?.peer())
+        exchange_of(ctx)?.next_peer().await
     }
 
     async fn upstream_request_filter(
@@ -339,10 +340,13 @@ impl ProxyHttp for NodeProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
-        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
     ) -> Box<Error> {
-        upstream::connect_failure(e)
+        if let Some(exchange) = ctx.exchange.as_mut() {
+            exchange.attempt_failed(&mut e, false, false);
+        }
+        e
     }
 
     fn error_while_proxy(
@@ -350,18 +354,21 @@ impl ProxyHttp for NodeProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        upstream::decide_retry(&mut e, client_reused, session.response_written().is_some());
+        if let Some(exchange) = ctx.exchange.as_mut() {
+            exchange.attempt_failed(&mut e, client_reused, session.response_written().is_some());
+        }
         e
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        if let Some(written) = session.response_written() {
-            // Part of the response is out: closing the connection is all that is left.
-            return FailToProxy { error_code: written.status.as_u16(), can_reuse_downstream: false };
+        if let Some(status) = session.response_written().map(|written| written.status.as_u16()) {
+            // Part of the response is out: a stream gets an error event, then the connection closes.
+            upstream::end_stream_with_error(session, e, &ctx.request_id).await;
+            return FailToProxy { error_code: status, can_reuse_downstream: false };
         }
         let Some(error) = ApiError::from_proxy_error(e) else {
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
@@ -440,7 +447,10 @@ mod tests {
         assert_eq!(Endpoint::classify(&get, "/v1/models").unwrap(), Endpoint::ModelList);
         assert_eq!(Endpoint::classify(&http::Method::HEAD, "/health").unwrap(), Endpoint::Health);
         let wrong = Endpoint::classify(&get, "/v1/chat/completions").unwrap_err();
-        assert_eq!((wrong.status, wrong.header), (405, Some((http::header::ALLOW, "POST"))));
+        assert_eq!(
+            (wrong.status, wrong.header),
+            (405, Some((http::header::ALLOW, http::HeaderValue::from_static("POST"))))
+        );
         assert_eq!(Endpoint::classify(&post, "/v2/chat").unwrap_err().status, 404);
     }
 }

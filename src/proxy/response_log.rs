@@ -116,7 +116,7 @@ impl fmt::Display for RequestLine<'_> {
         let (method, path, status, body_bytes) = (self.method, self.path, self.status, self.body_bytes);
         let signer = self.signer.unwrap_or("-");
         let model = self.model.unwrap_or("-");
-        let (entry, backend) = self.exchange.map_or(("-", "-"), |e| (e.route.entry.as_str(), e.route.url.as_str()));
+        let (entry, backend) = self.exchange.map_or(("-", "-"), |e| (e.route.entry.as_str(), e.backend().url.as_str()));
         write!(
             f,
             "{method} {path} signer={signer} model={model} entry={entry} backend={backend} status={status} body_bytes={body_bytes}"
@@ -145,7 +145,7 @@ impl Source for RequestLine<'_> {
             ("signer", self.signer),
             ("model", self.model),
             ("entry", self.exchange.map(|e| e.route.entry.as_str())),
-            ("backend", self.exchange.map(|e| e.route.url.as_str())),
+            ("backend", self.exchange.map(|e| e.backend().url.as_str())),
             ("challenge", self.challenge),
         ];
         for (key, value) in optional {

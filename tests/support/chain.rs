@@ -338,19 +338,6 @@ async fn answer(
     reply(status, answer.to_string().into_bytes())
 }
 
-/// Waits up to `within` for `check` to hold, polling.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// `config.yaml` lines (after the generated `registry.static`) that read the chain at `rpc`.
 pub fn chain_config(rpc: &str, router: Address, more_registry: &str) -> String {
     format!(

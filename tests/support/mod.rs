@@ -614,6 +614,19 @@ pub fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &st
         .sum()
 }
 
+/// Waits up to `within` for `check` to hold, polling.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Scrapes until `done` holds: a request is counted once its answer is out, a moment after the
 /// caller has read it.
 pub async fn scrape_until(node: &Node, done: impl Fn(&prometheus_parse::Scrape) -> bool) -> prometheus_parse::Scrape {

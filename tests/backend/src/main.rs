@@ -25,6 +25,13 @@
 //! `x-backend-host`, `x-backend-content-length`, `x-backend-transfer-encoding` and
 //! `x-backend-request-id` (`-` when absent).
 //! `GET /stats` reports connections accepted, requests served and streams cut short.
+//! Every response also carries `x-backend-listen`, the address this backend listens on.
+//!
+//! A test sets how the whole backend behaves, as a replica would, with
+//! `POST /control` and a JSON object of any of: `health` (the status `GET /health` answers, 200
+//! at first), `failStatus` (every inference request answered with this status, as an overloaded
+//! server answers 503; 0 for none), `delayMs` (every inference request waits this long first, a
+//! slow replica). `GET /health` is not counted in `requests`.
 //! For ENDPOINT_REACHABLE: `GET /redirect?to=<percent-encoded URL>` answers 302 to that URL, and
 //! `GET /status/<code>` answers that status with a short body.
 
@@ -75,6 +82,19 @@ struct Stats {
     cancelled_streams: AtomicU64,
 }
 
+/// What `POST /control` sets.
+struct Controls {
+    health: AtomicU64,
+    fail_status: AtomicU64,
+    delay_ms: AtomicU64,
+}
+
+impl Default for Controls {
+    fn default() -> Self {
+        Self { health: AtomicU64::new(200), fail_status: AtomicU64::new(0), delay_ms: AtomicU64::new(0) }
+    }
+}
+
 type Body = BoxBody<Bytes, std::io::Error>;
 
 /// How a fault cuts a body short after its first piece.
@@ -108,7 +128,9 @@ impl Cut {
 
 struct Backend {
     args: Args,
+    listen: String,
     stats: Arc<Stats>,
+    controls: Controls,
 }
 
 #[tokio::main]
@@ -119,8 +141,9 @@ async fn main() -> std::io::Result<()> {
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("listening on {}", listener.local_addr()?);
-    let backend = Arc::new(Backend { args, stats: Arc::default() });
+    let listen = listener.local_addr()?.to_string();
+    println!("listening on {listen}");
+    let backend = Arc::new(Backend { args, listen, stats: Arc::default(), controls: Controls::default() });
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
@@ -182,7 +205,52 @@ fn full(body: impl Into<Bytes>) -> Body {
 
 impl Backend {
     async fn handle(&self, request: Request<Incoming>, connection: u64, reused: bool, fd: RawFd) -> Response<Body> {
+        let mut response = self.respond(request, connection, reused, fd).await;
+        if let Ok(listen) = self.listen.parse() {
+            response.headers_mut().insert("x-backend-listen", listen);
+        }
+        response
+    }
+
+    /// `POST /control`: sets the fields given, answers what is now set.
+    async fn control(&self, request: Request<Incoming>) -> Response<Body> {
+        let body = request.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(&body) else {
+            return status(StatusCode::BAD_REQUEST, "POST /control takes a JSON object");
+        };
+        let controls = &self.controls;
+        for (name, value) in fields {
+            let slot = match name.as_str() {
+                "health" => &controls.health,
+                "failStatus" => &controls.fail_status,
+                "delayMs" => &controls.delay_ms,
+                _ => return status(StatusCode::BAD_REQUEST, &format!("unknown control `{name}`")),
+            };
+            let Some(value) = value.as_u64() else {
+                return status(StatusCode::BAD_REQUEST, &format!("`{name}` takes a whole number"));
+            };
+            slot.store(value, Ordering::Relaxed);
+        }
+        let now = serde_json::json!({
+            "health": controls.health.load(Ordering::Relaxed),
+            "failStatus": controls.fail_status.load(Ordering::Relaxed),
+            "delayMs": controls.delay_ms.load(Ordering::Relaxed),
+        });
+        Response::new(full(now.to_string()))
+    }
+
+    async fn respond(&self, request: Request<Incoming>, connection: u64, reused: bool, fd: RawFd) -> Response<Body> {
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        if request.method() == hyper::Method::POST && path == "/control" {
+            return self.control(request).await;
+        }
+        if request.method() == hyper::Method::GET && path == "/health" {
+            let code = u16::try_from(self.controls.health.load(Ordering::Relaxed)).ok();
+            let code = code.and_then(|code| StatusCode::from_u16(code).ok()).unwrap_or(StatusCode::OK);
+            let mut response = Response::new(full(format!("health {}", code.as_u16())));
+            *response.status_mut() = code;
+            return response;
+        }
         if request.method() == hyper::Method::GET && path == "/stats" {
             let stats = serde_json::json!({
                 "connections": self.stats.connections.load(Ordering::Relaxed),
@@ -198,7 +266,11 @@ impl Backend {
             }
         }
         let fault: Option<String> = header_value(&request, "x-test-fault");
-        let delay = Duration::from_millis(header_value(&request, "x-test-delay-ms").unwrap_or(0));
+        let delay = Duration::from_millis(
+            header_value(&request, "x-test-delay-ms").unwrap_or(self.controls.delay_ms.load(Ordering::Relaxed)),
+        );
+        let fail_status = u16::try_from(self.controls.fail_status.load(Ordering::Relaxed)).ok();
+        let fail_status = fail_status.and_then(|code| StatusCode::from_u16(code).ok());
         let chunks = header_value(&request, "x-test-chunks").unwrap_or(self.args.chunks);
         let interval =
             Duration::from_millis(header_value(&request, "x-test-interval-ms").unwrap_or(self.args.interval_ms));
@@ -243,7 +315,9 @@ impl Backend {
         }
 
         let cut = Cut::of(fault.as_deref());
-        let mut response = if fault.as_deref() == Some("status-500") {
+        let mut response = if let Some(code) = fail_status {
+            status(code, "injected by POST /control")
+        } else if fault.as_deref() == Some("status-500") {
             status(StatusCode::INTERNAL_SERVER_ERROR, "injected backend failure")
         } else if json["stream"].as_bool() == Some(true) && !path.ends_with("/embeddings") {
             let usage = (json["stream_options"]["include_usage"].as_bool() == Some(true)).then(|| prompt_words(&json));

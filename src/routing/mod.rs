@@ -1,18 +1,36 @@
-//! Model → backend routing: picks the backend for a request's `model` and builds the Pingora peer
-//! for it, resolving its host without blocking; lists the models served. What is sent to the
-//! backend is `proxy::upstream`'s.
+//! Model → backend routing: the route table built from `model_backend.yaml` (swapped whole on
+//! reload), the backends of each entry and which takes an attempt, and the Pingora peer for it,
+//! its host resolved without blocking; lists the models served. What is sent to the backend is
+//! `proxy::upstream`'s.
+
+mod balance;
+mod checks;
+mod health;
+mod reload;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::upstreams::peer::{HttpPeer, ALPN};
 use url::Host;
 
-use crate::config::{Backend, BackendAuth, ModelBackends, ProxySettings, DEFAULT_MODEL_ENTRY};
+use crate::config::{
+    Backend, BackendAuth, HealthCheck, ModelBackends, ModelEntry, OutlierDetection, Policy, ProxySettings,
+    DEFAULT_MODEL_ENTRY,
+};
+pub use balance::Tried;
+use balance::{Balancer, Candidate};
+pub use checks::{HealthChecker, CHECK_ROUND};
+pub use health::{Availability, BackendState, InFlight};
+pub use reload::RouteReloader;
+
+/// Each backend host and port resolved, with when.
+type ResolvedAddresses = HashMap<(String, u16), (SocketAddr, Instant)>;
 
 /// How long a resolved backend address is reused before its name is looked up again.
 const RESOLVED_ADDRESS_TTL: Duration = Duration::from_secs(30);
@@ -23,13 +41,34 @@ pub enum RoutingError {
     UnknownModel { model: String, served: Vec<String> },
     #[error("cannot resolve the backend host `{host}` of model entry `{entry}`: {reason}")]
     Unresolvable { entry: String, host: String, reason: String },
+    #[error("every backend of model entry `{entry}` is down (failing health checks or cooling down after failures)")]
+    AllDown { entry: String, retry_after: Duration },
 }
 
-/// One backend, ready to receive requests.
+/// The route table in force: requests take the one current when they begin and keep it, so
+/// a reload never changes the backends of a request or stream in flight.
+pub struct Routes(ArcSwap<Router>);
+
+impl Routes {
+    pub fn new(router: Router) -> Self {
+        Self(ArcSwap::from_pointee(router))
+    }
+
+    pub fn current(&self) -> Arc<Router> {
+        self.0.load_full()
+    }
+
+    /// Puts a table built from a new `model_backend.yaml` in force; the backends it shares with
+    /// the current one keep their health and load.
+    pub fn replace(&self, backends: &ModelBackends, proxy: &ProxySettings) {
+        let current = self.current();
+        self.0.store(Arc::new(Router::build(backends, proxy, Some(&current))));
+    }
+}
+
+/// One backend of an entry, ready to receive requests.
 #[derive(Debug)]
-pub struct ModelRoute {
-    /// The `model_backend.yaml` entry (a model name or `default`).
-    pub entry: String,
+pub struct BackendRoute {
     /// The backend's base URL, for logs.
     pub url: String,
     tls: bool,
@@ -39,16 +78,12 @@ pub struct ModelRoute {
     pub(crate) base_path: String,
     pub(crate) host_header: HeaderValue,
     pub(crate) credential: Option<(HeaderName, HeaderValue)>,
-    /// The backend's name for the model (`alias`), as the JSON string put in place of the
-    /// body's `model`; encoded once here rather than per request.
-    pub(crate) alias_json: Option<Bytes>,
-    /// The network's model id this entry is registered for (`fxn_id`), to compare with the
-    /// `modelId` the ProviderRegistry holds for this node.
-    pub fxn_id: Option<String>,
+    weight: u32,
+    pub(crate) state: Arc<BackendState>,
 }
 
-impl ModelRoute {
-    fn new(entry: &str, backend: &Backend) -> Self {
+impl BackendRoute {
+    fn new(backend: &Backend, state: Arc<BackendState>) -> Self {
         let url = &backend.url;
         let port = url.port_or_known_default().unwrap_or(80);
         let host = url.host().map(|h| h.to_owned()).unwrap_or(Host::Domain(String::new()));
@@ -66,7 +101,6 @@ impl ModelRoute {
             }
         });
         Self {
-            entry: entry.to_string(),
             url: url.to_string(),
             tls: url.scheme() == "https",
             host,
@@ -75,9 +109,76 @@ impl ModelRoute {
             // Validated URL hosts are always valid header values.
             host_header: HeaderValue::try_from(host_header).unwrap_or(HeaderValue::from_static("localhost")),
             credential,
-            alias_json: backend.alias.as_deref().map(|alias| Bytes::from(serde_json::Value::from(alias).to_string())),
-            fxn_id: backend.fxn_id.clone(),
+            weight: backend.weight,
+            state,
         }
+    }
+}
+
+impl Candidate for BackendRoute {
+    fn state(&self) -> &BackendState {
+        &self.state
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn identity(&self) -> &str {
+        &self.url
+    }
+}
+
+/// One `model_backend.yaml` entry: its backends and how a request picks one.
+pub struct ModelRoute {
+    /// The `model_backend.yaml` entry (a model name or `default`).
+    pub entry: String,
+    pub backends: Vec<BackendRoute>,
+    balancer: Balancer,
+    pub policy: Policy,
+    pub(crate) prefix_bytes: Option<usize>,
+    pub(crate) outlier: OutlierDetection,
+    pub health: Option<HealthCheck>,
+    /// The backend's name for the model (`alias`), as the JSON string put in place of the
+    /// body's `model`; encoded once here rather than per request.
+    pub(crate) alias_json: Option<Bytes>,
+    /// The network's model id this entry is registered for (`fxn_id`), to compare with the
+    /// `modelId` the ProviderRegistry holds for this node.
+    pub fxn_id: Option<String>,
+}
+
+impl ModelRoute {
+    /// `states` finds the state of a backend the table before already had.
+    fn new(entry: &str, model: &ModelEntry, states: &impl Fn(&Backend) -> Arc<BackendState>) -> Self {
+        let backends: Vec<BackendRoute> = model.backends.iter().map(|b| BackendRoute::new(b, states(b))).collect();
+        Self {
+            entry: entry.to_string(),
+            balancer: Balancer::new(model.policy, &backends, &model.affinity),
+            backends,
+            policy: model.policy,
+            prefix_bytes: (model.policy == Policy::PrefixAffinity).then_some(model.affinity.prefix_bytes),
+            outlier: model.outlier.clone(),
+            health: model.health.clone(),
+            alias_json: model.alias.as_deref().map(|alias| Bytes::from(serde_json::Value::from(alias).to_string())),
+            fxn_id: model.fxn_id.clone(),
+        }
+    }
+
+    /// The backend for the next attempt of a request that tried those in `tried`, claimed for
+    /// it; an error when every other one is down. `key` is the request's affinity key.
+    pub fn choose(&self, key: Option<&[u8]>, tried: Tried) -> Result<usize, RoutingError> {
+        self.balancer.choose(&self.backends, key, tried).ok_or_else(|| RoutingError::AllDown {
+            entry: self.entry.clone(),
+            retry_after: self.backends.iter().filter_map(|b| b.state.cooldown_left()).min().unwrap_or(
+                match &self.health {
+                    Some(health) => health.interval,
+                    None => Duration::from_secs(1),
+                },
+            ),
+        })
+    }
+
+    /// Whether a request that failed on the backends in `tried` has another to go to.
+    pub fn has_another(&self, tried: Tried) -> bool {
+        (0..self.backends.len()).any(|i| !tried.has(i) && self.backends[i].state.availability() != Availability::Down)
     }
 }
 
@@ -95,28 +196,48 @@ pub struct Router {
     default: Option<Arc<ModelRoute>>,
     served: Vec<String>,
     timeouts: PeerTimeouts,
-    resolved: Mutex<HashMap<(String, u16), (SocketAddr, Instant)>>,
+    /// Shared with the tables that replace this one, so a reload resolves nothing again.
+    resolved: Arc<Mutex<ResolvedAddresses>>,
     created_unix: u64,
 }
 
 impl Router {
     pub fn new(backends: &ModelBackends, proxy: &ProxySettings) -> Self {
+        Self::build(backends, proxy, None)
+    }
+
+    /// The table for `backends`; the backends `before` listed keep their state there.
+    fn build(backends: &ModelBackends, proxy: &ProxySettings, before: Option<&Router>) -> Self {
+        let known: HashMap<&str, &Arc<BackendState>> = before
+            .into_iter()
+            .flat_map(|router| router.entries())
+            .flat_map(|route| route.backends.iter())
+            .map(|backend| (backend.url.as_str(), &backend.state))
+            .collect();
+        let states =
+            |backend: &Backend| known.get(backend.url.as_str()).map_or_else(Arc::default, |&state| state.clone());
         let routes = backends
             .models
             .iter()
-            .map(|(name, backend)| (name.clone(), Arc::new(ModelRoute::new(name, backend))))
+            .map(|(name, model)| (name.clone(), Arc::new(ModelRoute::new(name, model, &states))))
             .collect();
         Self {
             routes,
-            default: backends.default.as_ref().map(|backend| Arc::new(ModelRoute::new(DEFAULT_MODEL_ENTRY, backend))),
+            default: backends
+                .default
+                .as_ref()
+                .map(|model| Arc::new(ModelRoute::new(DEFAULT_MODEL_ENTRY, model, &states))),
             served: backends.names().map(str::to_owned).collect(),
             timeouts: PeerTimeouts {
                 connect: proxy.connect_timeout,
                 read: proxy.read_timeout,
                 idle: proxy.idle_conn_timeout,
             },
-            resolved: Mutex::default(),
-            created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            resolved: before.map_or_else(Arc::default, |router| router.resolved.clone()),
+            created_unix: before.map_or_else(
+                || SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                |router| router.created_unix,
+            ),
         }
     }
 
@@ -125,7 +246,7 @@ impl Router {
         self.routes.contains_key(model)
     }
 
-    /// The backend for `model`: its own entry, else the `default` entry.
+    /// The entry for `model`: its own, else the `default` entry.
     pub fn select(&self, model: &str) -> Result<Arc<ModelRoute>, RoutingError> {
         self.routes
             .get(model)
@@ -134,15 +255,15 @@ impl Router {
             .ok_or_else(|| RoutingError::UnknownModel { model: model.to_string(), served: self.served.clone() })
     }
 
-    /// The peer for `route`, with the configured timeouts; a hostname is resolved
+    /// The peer for `backend` of `route`, with the configured timeouts; a hostname is resolved
     /// asynchronously (Pingora's own lookup in `HttpPeer::new` blocks and panics on failure).
-    pub async fn peer(&self, route: &ModelRoute) -> Result<HttpPeer, RoutingError> {
-        let address = self.resolve(route).await?;
-        let sni = match &route.host {
+    pub async fn peer(&self, route: &ModelRoute, backend: &BackendRoute) -> Result<HttpPeer, RoutingError> {
+        let address = self.resolve(&route.entry, backend).await?;
+        let sni = match &backend.host {
             Host::Domain(name) => name.clone(),
             _ => String::new(),
         };
-        let mut peer = HttpPeer::new(address, route.tls, sni);
+        let mut peer = HttpPeer::new(address, backend.tls, sni);
         let options = &mut peer.options;
         options.connection_timeout = Some(self.timeouts.connect);
         options.total_connection_timeout = Some(self.timeouts.connect);
@@ -153,20 +274,20 @@ impl Router {
         Ok(peer)
     }
 
-    async fn resolve(&self, route: &ModelRoute) -> Result<SocketAddr, RoutingError> {
-        let name = match &route.host {
-            Host::Ipv4(ip) => return Ok(SocketAddr::new((*ip).into(), route.port)),
-            Host::Ipv6(ip) => return Ok(SocketAddr::new((*ip).into(), route.port)),
+    async fn resolve(&self, entry: &str, backend: &BackendRoute) -> Result<SocketAddr, RoutingError> {
+        let name = match &backend.host {
+            Host::Ipv4(ip) => return Ok(SocketAddr::new((*ip).into(), backend.port)),
+            Host::Ipv6(ip) => return Ok(SocketAddr::new((*ip).into(), backend.port)),
             Host::Domain(name) => name,
         };
-        let key = (name.clone(), route.port);
+        let key = (name.clone(), backend.port);
         let cached = self.lock_resolved().get(&key).copied();
         if let Some((address, at)) = cached {
             if at.elapsed() < RESOLVED_ADDRESS_TTL {
                 return Ok(address);
             }
         }
-        let looked_up = tokio::net::lookup_host((name.as_str(), route.port))
+        let looked_up = tokio::net::lookup_host((name.as_str(), backend.port))
             .await
             .map_err(|e| e.to_string())
             .and_then(|mut addresses| addresses.next().ok_or_else(|| "no addresses".to_string()));
@@ -178,12 +299,12 @@ impl Router {
             // A resolver hiccup should not take a known backend down.
             (Err(_), Some((address, _))) => Ok(address),
             (Err(reason), None) => {
-                Err(RoutingError::Unresolvable { entry: route.entry.clone(), host: name.clone(), reason })
+                Err(RoutingError::Unresolvable { entry: entry.to_string(), host: name.clone(), reason })
             }
         }
     }
 
-    fn lock_resolved(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u16), (SocketAddr, Instant)>> {
+    fn lock_resolved(&self) -> std::sync::MutexGuard<'_, ResolvedAddresses> {
         // The map holds plain values; a panic elsewhere cannot leave it inconsistent.
         self.resolved.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -235,7 +356,7 @@ mod tests {
     fn unknown_model_names_the_served_ones() {
         let router = router("models: {a: {url: 'http://127.0.0.1:1'}, b: {url: 'http://127.0.0.1:2'}}");
         assert_eq!(router.select("b").unwrap().entry, "b");
-        let message = router.select("c").unwrap_err().to_string();
+        let message = router.select("c").err().unwrap().to_string();
         assert!(message.contains("`c`") && message.contains("a, b"), "{message}");
     }
 
@@ -270,11 +391,13 @@ mod tests {
     async fn https_backends_get_tls_with_their_host_as_sni() {
         use pingora::upstreams::peer::Peer;
         let router = router("models: {a: {url: 'https://localhost:8443'}, b: {url: 'http://127.0.0.1:8000'}}");
-        let tls = router.peer(&router.select("a").unwrap()).await.unwrap();
+        let a = router.select("a").unwrap();
+        let tls = router.peer(&a, &a.backends[0]).await.unwrap();
         assert!(tls.is_tls());
         assert_eq!(tls.sni(), "localhost");
         assert_eq!(tls.address().to_string().rsplit(':').next(), Some("8443"));
-        let plain = router.peer(&router.select("b").unwrap()).await.unwrap();
+        let b = router.select("b").unwrap();
+        let plain = router.peer(&b, &b.backends[0]).await.unwrap();
         assert!(!plain.is_tls());
         assert_eq!(plain.options.read_timeout, Some(ProxySettings::default().read_timeout));
     }
@@ -283,7 +406,7 @@ mod tests {
     async fn unresolvable_host_is_an_error_not_a_panic() {
         let router = router("models: {a: {url: 'http://no-such-host.invalid:8000'}}");
         let route = router.select("a").unwrap();
-        let error = router.peer(&route).await.unwrap_err();
+        let error = router.peer(&route, &route.backends[0]).await.unwrap_err();
         assert!(matches!(error, RoutingError::Unresolvable { .. }), "{error}");
     }
 }
