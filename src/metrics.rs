@@ -282,7 +282,6 @@ impl Metrics {
         }
     }
 
-    /// `reason` is an authentication error code: a fixed set.
     /// A request failed on `backend` of `entry`; `ejected` when that took the backend out.
     pub fn backend_failed(&self, entry: &str, backend: &str, ejected: bool) {
         if enabled() {
@@ -300,6 +299,7 @@ impl Metrics {
         }
     }
 
+    /// `reason` is an authentication error code: a fixed set.
     pub fn auth_failed(&self, reason: &'static str) {
         if enabled() {
             self.auth_failures.with_label_values(&[reason]).inc();
