@@ -93,12 +93,17 @@ impl MatrixMultiplication {
         let missing = |name| ChallengeError::payload(NAME, format!("{name} is missing; expected {SHAPE}"));
         let a = request.a.or(request.matrix_a).ok_or_else(|| missing("A (or matrixA)"))?;
         let b = request.b.or(request.matrix_b).ok_or_else(|| missing("B (or matrixB)"))?;
-        // Each operand is megabytes of numbers at the larger sizes: one core reads each.
+        // Each operand is megabytes of numbers at the larger sizes.
         let (a, b) = rayon::join(|| self.parse_matrix("A", a), || self.parse_matrix("B", b));
         Ok((a?, b?))
     }
 
     fn parse_matrix(&self, name: &'static str, raw: &RawValue) -> Result<Matrix<f64>, ChallengeError> {
+        // What a scheduler sends is plain rows of numbers, read here on every core; anything else
+        // is read by serde, which names what is wrong with it.
+        if let Some(matrix) = rows_of_numbers(raw.get(), self.max_dim) {
+            return Ok(matrix);
+        }
         let mut deserializer = serde_json::Deserializer::from_str(raw.get());
         let seed = MatrixSeed { max_dim: self.max_dim };
         let matrix = seed.deserialize(&mut deserializer).map_err(|e| match e.classify() {
@@ -143,7 +148,7 @@ impl Challenge for MatrixMultiplication {
     }
 }
 
-/// The payload's fields; the operands stay raw text until they are read, one core each.
+/// The payload's fields; the operands stay raw text until they are read, on every core.
 #[derive(Deserialize)]
 struct Request<'a> {
     #[serde(rename = "A", borrow, default)]
@@ -266,28 +271,48 @@ fn answer(a: &Matrix<f64>, b: &Matrix<f64>, c: &[f64], elapsed: Duration) -> Ans
     Answer { json, figures: Figures { matrix_size: square, gflops: Some(gflops), ttft: None } }
 }
 
-/// `0x` + hex sha256 over every element formatted `%.6f`, in order, with no separator. The
-/// formatting, four times the hashing's cost, runs on every core a window at a time; the text of
-/// one window (a few hundred KB) is all that is held.
+/// `0x` + hex sha256 over every element formatted `%.6f`, in order, with no separator. The hash
+/// is sequential, so one core hashes a window's text while the pool formats the next; the text
+/// of two windows (a few hundred KB each) is all that is held.
 fn merkle_root(elements: &[f64]) -> String {
     let mut hasher = Sha256::new();
-    for window in elements.chunks(HASH_CHUNK * HASH_WINDOW) {
-        let texts: Vec<Vec<u8>> = window
-            .par_chunks(HASH_CHUNK)
-            .map(|chunk| {
-                let mut text = Vec::with_capacity(chunk.len() * 12);
-                chunk.iter().for_each(|&value| push_fixed6(&mut text, value));
-                text
-            })
-            .collect();
-        texts.iter().for_each(|text| hasher.update(text));
+    let mut windows = elements.chunks(HASH_CHUNK * HASH_WINDOW);
+    let mut texts = windows.next().map(fixed6_window).unwrap_or_default();
+    for window in windows {
+        let hashed = &mut hasher;
+        let (_, next) = rayon::join(|| texts.iter().for_each(|text| hashed.update(text)), || fixed6_window(window));
+        texts = next;
     }
+    texts.iter().for_each(|text| hasher.update(text));
     format!("0x{}", hex::encode(hasher.finalize()))
 }
 
+/// One window's `%.6f` text, a chunk per core at a time.
+fn fixed6_window(window: &[f64]) -> Vec<Vec<u8>> {
+    window
+        .par_chunks(HASH_CHUNK)
+        .map(|chunk| {
+            let mut text = Vec::with_capacity(chunk.len() * FIXED6_MAX + FIXED6_MAX);
+            chunk.iter().for_each(|&value| push_fixed6(&mut text, value));
+            text
+        })
+        .collect()
+}
+
+/// The longest text the integer path writes: a sign, 14 whole digits (millionths fit a u64),
+/// the point and 6 decimals.
+const FIXED6_MAX: usize = 22;
+
+/// "00" to "99": the digits are written two at a time, halving the divisions.
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+                                  2021222324252627282930313233343536373839\
+                                  4041424344454647484950515253545556575859\
+                                  6061626364656667686970717273747576777879\
+                                  8081828384858687888990919293949596979899";
+
 /// Appends `value` as C's `%.6f` writes it (and Rust's `{:.6}`): the exact binary value rounded
 /// half to even at the sixth decimal, the sign kept on values that round to zero. `format!` takes
-/// about 90 ns an element, as long as a 1024² product; this, a small fraction of that.
+/// about 90 ns an element, as long as a 1024² product; this, about 12.
 fn push_fixed6(out: &mut Vec<u8>, value: f64) {
     let bits = value.to_bits();
     let biased = ((bits >> 52) & 0x7ff) as i32;
@@ -301,28 +326,29 @@ fn push_fixed6(out: &mut Vec<u8>, value: f64) {
         write!(out, "{value:.6}").expect("writing to a Vec cannot fail");
         return;
     };
-    // Written back to front into one buffer, then appended at once: a u64 has at most 20 digits.
-    let mut text = [0u8; 22];
-    let mut start = text.len();
-    let mut put = |byte: u8| {
-        start -= 1;
-        text[start] = byte;
-    };
-    let (mut whole, mut decimals) = (millionths / 1_000_000, millionths % 1_000_000);
-    for _ in 0..6 {
-        put(b'0' + (decimals % 10) as u8);
-        decimals /= 10;
+    // Written back to front into one buffer, then appended at once.
+    let mut text = [0u8; FIXED6_MAX];
+    let pair = |at: usize| [DIGIT_PAIRS[at * 2], DIGIT_PAIRS[at * 2 + 1]];
+    let decimals = (millionths % 1_000_000) as usize;
+    let [d0, d1] = pair(decimals / 10_000);
+    let [d2, d3] = pair(decimals / 100 % 100);
+    let [d4, d5] = pair(decimals % 100);
+    text[FIXED6_MAX - 7..].copy_from_slice(&[b'.', d0, d1, d2, d3, d4, d5]);
+    let mut start = FIXED6_MAX - 7;
+    let mut whole = millionths / 1_000_000;
+    while whole >= 10 {
+        start -= 2;
+        text[start..start + 2].copy_from_slice(&pair((whole % 100) as usize));
+        whole /= 100;
     }
-    put(b'.');
-    loop {
-        put(b'0' + (whole % 10) as u8);
-        whole /= 10;
-        if whole == 0 {
-            break;
-        }
+    // One digit left, or none when the last pair was the first two.
+    if whole > 0 || start == FIXED6_MAX - 7 {
+        start -= 1;
+        text[start] = b'0' + whole as u8;
     }
     if bits >> 63 == 1 {
-        put(b'-');
+        start -= 1;
+        text[start] = b'-';
     }
     out.extend_from_slice(&text[start..]);
 }
@@ -339,11 +365,63 @@ fn millionths(mantissa: u64, exponent: i32) -> Option<u64> {
         return Some(0);
     }
     let scaled = u128::from(mantissa) * 1_000_000;
-    let quotient = scaled >> shift;
-    let remainder = scaled & ((1 << shift) - 1);
-    let half = 1u128 << (shift - 1);
-    let rounded = quotient + u128::from(remainder > half || (remainder == half && quotient & 1 == 1));
+    // Half to even without a branch (the remainder is as random as the product): adding half,
+    // less one plus the quotient's low bit, carries into the quotient exactly when it rounds up.
+    let low_bit = (scaled >> shift) & 1;
+    let rounded = (scaled + (1 << (shift - 1)) - 1 + low_bit) >> shift;
     u64::try_from(rounded).ok()
+}
+
+/// `text` read as rows of numbers, a row per task, when that is all it holds and it is within
+/// `max_dim`; `None` for anything else (another shape, a bound crossed, a number beyond f64),
+/// which the serde reading then explains. `text` is valid JSON (serde read it as a raw value):
+/// what is left to check is that it is arrays of numbers only, two deep, every row as long as
+/// row 0.
+fn rows_of_numbers(text: &str, max_dim: usize) -> Option<Matrix<f64>> {
+    let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    // A row's text runs from the `]` before it to its own: `,[a, b, …` (`[a, b, …` for row 0).
+    // Without strings or objects (read_row refuses both), no `]` is anywhere else.
+    let mut pieces: Vec<&str> = inner.par_split(']').collect();
+    // What follows the last row's `]`.
+    if !pieces.pop()?.trim_ascii().is_empty() || pieces.is_empty() || pieces.len() > max_dim {
+        return None;
+    }
+    let mut first = Vec::new();
+    read_row(pieces[0].as_bytes(), true, |value| (first.len() < max_dim).then(|| first.push(value)))?;
+    let cols = first.len();
+    let mut data = vec![0.0; pieces.len() * cols];
+    data[..cols].copy_from_slice(&first);
+    data[cols..].par_chunks_mut(cols).zip(&pieces[1..]).try_for_each(|(row, piece)| {
+        let mut slots = row.iter_mut();
+        read_row(piece.as_bytes(), false, |value| slots.next().map(|slot| *slot = value))?;
+        slots.next().is_none().then_some(())
+    })?;
+    Some(Matrix { rows: pieces.len(), cols, data })
+}
+
+/// Hands each number of one row's text to `put`, or `None` at anything but numbers (or when
+/// `put` refuses one more).
+fn read_row(piece: &[u8], first: bool, mut put: impl FnMut(f64) -> Option<()>) -> Option<()> {
+    let mut rest = piece.trim_ascii_start();
+    if !first {
+        rest = rest.strip_prefix(b",")?.trim_ascii_start();
+    }
+    rest = rest.strip_prefix(b"[")?;
+    loop {
+        rest = rest.trim_ascii_start();
+        // The nearest f64 to the decimal text, as serde_json's float_roundtrip reads it.
+        let (value, used): (f64, usize) = fast_float2::parse_partial(rest).ok()?;
+        if !value.is_finite() {
+            return None;
+        }
+        put(value)?;
+        rest = rest[used..].trim_ascii_start();
+        match rest.split_first() {
+            None => return Some(()),
+            Some((b',', after)) => rest = after,
+            Some(_) => return None,
+        }
+    }
 }
 
 /// Reads one operand into a row-major [`Matrix`], checking its shape and bounds as it goes.
@@ -549,6 +627,69 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_numbers_read_as_serde_does() {
+        let serde_reading =
+            |text: &str| MatrixSeed { max_dim: 64 }.deserialize(&mut serde_json::Deserializer::from_str(text));
+        let mut rng = StdRng::seed_from_u64(7);
+        // Halfway and near-halfway decimals, more digits than an f64 holds, integers past 2^53 and
+        // u64, subnormals, underflow to zero, negative zero.
+        let mut numbers: Vec<String> = [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "0.1",
+            "1e23",
+            "-1E+2",
+            "9007199254740993",
+            "18446744073709551615",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+            "2.2250738585072011e-308",
+            "5e-324",
+            "1e-400",
+            "-1e-400",
+            "0.30000000000000001665334536937734810635447502136230468750000000001",
+            "1.7976931348623157e308",
+            "0.123456",
+        ]
+        .map(String::from)
+        .to_vec();
+        // Shortest round-trip texts of any finite f64, and longer ones of a product's magnitudes.
+        numbers
+            .extend((0..4000).map(|_| f64::from_bits(rng.gen())).filter(|v| v.is_finite()).map(|v| format!("{v:e}")));
+        numbers.extend((0..2000).map(|_| format!("{:.20}", rng.gen::<f64>() * 1e3)));
+        numbers.extend((0..2000).map(|_| format!("{:.6}", rng.gen::<f64>())));
+        for (i, row) in numbers.chunks(40).enumerate() {
+            let text =
+                format!("[ [{}] ,\n[{}]\t]", row.join(", "), row.iter().rev().cloned().collect::<Vec<_>>().join(","));
+            let fast = rows_of_numbers(&text, 64).unwrap_or_else(|| panic!("chunk {i}: {text}"));
+            let slow = serde_reading(&text).unwrap();
+            assert_eq!((fast.rows, fast.cols), (slow.rows, slow.cols));
+            let bits = |m: &Matrix<f64>| m.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&slow), "{text}");
+        }
+        // Anything but square rows of finite numbers within the bound is left to serde.
+        for text in [
+            "[]",
+            "[[]]",
+            "[[1],[]]",
+            "[[1,2],[3]]",
+            "[[1],[2,3]]",
+            "[[[1]]]",
+            "[[1,\"]\"]]",
+            "[[null]]",
+            "[1]",
+            "[[1e400]]",
+            "[{}]",
+        ] {
+            assert!(rows_of_numbers(text, 64).is_none(), "{text}");
+        }
+        assert!(rows_of_numbers(&format!("[[{}]]", ["1"; 65].join(",")), 64).is_none());
+        assert!(rows_of_numbers(&format!("[{}]", ["[1]"; 65].join(",")), 64).is_none());
+    }
+
+    #[test]
     fn products_match_a_naive_triple_loop() {
         let mut rng = StdRng::seed_from_u64(1);
         for (rows, inner, cols) in [(1, 1, 1), (3, 5, 2), (1, 64, 1), (37, 64, 19), (130, 3, 101), (64, 200, 64)] {
@@ -674,6 +815,8 @@ mod tests {
             (r#"{"A": [[1, true]], "B": [[1]]}"#, "expected a finite number at [0][1]"),
             (r#"{"A": [[1], [null]], "B": [[1]]}"#, "expected a finite number at [1][0]"),
             (r#"{"A": [1, 2], "B": [[1]]}"#, "expected row 0 as an array of numbers"),
+            (r#"{"A": [[1, "]"]], "B": [[1]]}"#, "A: invalid type: string \"]\", expected a finite number at [0][1]"),
+            (r#"{"A": [[[1]]], "B": [[1]]}"#, "A: invalid type: sequence, expected a finite number at [0][0]"),
             (r#"{"A": {"rows": 1}, "B": [[1]]}"#, "expected an array of rows, each an array of numbers"),
             (r#"{"A": "[[1]]", "B": [[1]]}"#, "expected an array of rows"),
             (r#"{"A": [[1e400]], "B": [[1]]}"#, "A: number out of range"),
