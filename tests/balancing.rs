@@ -120,6 +120,32 @@ async fn prefix_affinity_spills_over_a_backend_past_its_bounded_load() {
 }
 
 #[tokio::test]
+async fn backend_load_prefers_the_backend_whose_gauges_say_it_is_idle() {
+    let (busy, idle) = (TestBackend::start(), TestBackend::start());
+    control(&busy, json!({"waiting": 40, "running": 8})).await;
+    let settings = "    policy: backend_load\n    health: {interval: 1s}\n";
+    let node = Node::start(NodeFiles::new(&entry(&[&busy, &idle], settings), ""));
+    // The first round reads both pages as the node starts.
+    eventually(WITHIN, "requests go to the idle backend", || async {
+        chat(&node, &[], chat_body(200, false)).await.1 == idle.addr.to_string()
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(chat(&node, &[], chat_body(200, false)).await, (200, idle.addr.to_string()));
+    }
+    // The gauges turn: within a round or two, requests follow them.
+    control(&busy, json!({"waiting": 0, "running": 0})).await;
+    control(&idle, json!({"waiting": 30, "running": 8})).await;
+    eventually(WITHIN, "requests follow the reported load", || async {
+        chat(&node, &[], chat_body(200, false)).await.1 == busy.addr.to_string()
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(chat(&node, &[], chat_body(200, false)).await, (200, busy.addr.to_string()));
+    }
+}
+
+#[tokio::test]
 async fn a_dead_backend_is_failed_over_and_then_left_out() {
     let alive = TestBackend::start();
     let dead = TestBackend::start();

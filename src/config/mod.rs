@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model_backend::{
-    Affinity, Backend, BackendAuth, BackendProvider, FileForm, HealthCheck, ModelBackends, ModelEntry,
+    Affinity, Backend, BackendAuth, BackendProvider, FileForm, HealthCheck, LoadReports, ModelBackends, ModelEntry,
     OutlierDetection, Policy, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY, MAX_BACKENDS_PER_ENTRY, MIN_HEALTH_INTERVAL,
 };
 pub use node::{

@@ -46,6 +46,7 @@ pub struct ModelEntry {
     pub health: Option<HealthCheck>,
     pub outlier: OutlierDetection,
     pub affinity: Affinity,
+    pub load: LoadReports,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub enum Policy {
     RoundRobin,
     /// A conversation's requests to the same backend (its prefix cache), within a bounded load.
     PrefixAffinity,
+    /// The backend whose own metrics page reports the fewest requests waiting and running
+    /// (vLLM's, SGLang's), with those this node sent it since.
+    BackendLoad,
 }
 
 /// The shortest `health.interval`: the checker looks for due backends once a second.
@@ -117,6 +121,21 @@ pub struct OutlierDetection {
 impl Default for OutlierDetection {
     fn default() -> Self {
         Self { consecutive_failures: 5, cooldown: Duration::from_secs(30) }
+    }
+}
+
+/// `backend_load`'s settings (`load`): where each backend reports its load. It is read every
+/// `health.interval` (whether or not `health` checks are on).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadReports {
+    /// The backend's Prometheus page, under its base URL (vLLM and SGLang serve `/metrics`).
+    pub path: String,
+}
+
+impl Default for LoadReports {
+    fn default() -> Self {
+        Self { path: "/metrics".into() }
     }
 }
 
@@ -203,6 +222,8 @@ struct EntryFields {
     outlier: OutlierDetection,
     #[serde(default)]
     affinity: Affinity,
+    #[serde(default)]
+    load: LoadReports,
 }
 
 /// One of an entry's `backends`.
@@ -272,6 +293,7 @@ struct EntrySettings {
     health: Option<HealthCheck>,
     outlier: OutlierDetection,
     affinity: Affinity,
+    load: LoadReports,
 }
 
 /// One backend before validation, with the keys of its fields.
@@ -481,6 +503,7 @@ fn map_entry(
         health: fields.health,
         outlier: fields.outlier,
         affinity: fields.affinity,
+        load: fields.load,
     };
     check_settings(path, key, &settings, errors);
     Entry { backends, alias: fields.alias, fxn_id: fields.fxn_id, settings }
@@ -527,6 +550,9 @@ fn check_settings(path: &Path, key: &str, settings: &EntrySettings, errors: &mut
             errors.push(ConfigError::new(path, format!("{key}.health.path"), "must start with `/`, as `/health`"));
         }
     }
+    if !settings.load.path.starts_with('/') {
+        errors.push(ConfigError::new(path, format!("{key}.load.path"), "must start with `/`, as `/metrics`"));
+    }
     let affinity = &settings.affinity;
     if affinity.prefix_bytes == 0 {
         errors.push(ConfigError::new(path, format!("{key}.affinity.prefix_bytes"), "must be at least 1"));
@@ -563,7 +589,7 @@ fn validate_entry(
     if errors.0.len() != before || !type_errors.is_empty() {
         return None;
     }
-    let EntrySettings { policy, health, outlier, affinity } = entry.settings;
+    let EntrySettings { policy, health, outlier, affinity, load } = entry.settings;
     Some(ModelEntry {
         backends: backends.into_iter().collect::<Option<_>>()?,
         policy,
@@ -572,6 +598,7 @@ fn validate_entry(
         health,
         outlier,
         affinity,
+        load,
     })
 }
 
@@ -771,6 +798,8 @@ models:
             ),
             ("{url: 'http://y', affinity: {load_factor: 1}}", "models.m.affinity.load_factor", "above 1"),
             ("{url: 'http://y', affinity: {prefix_bytes: 0}}", "models.m.affinity.prefix_bytes", "at least 1"),
+            ("{url: 'http://y', load: {path: metrics}}", "models.m.load.path", "start with `/`"),
+            ("{url: 'http://y', policy: backend_loads}", "models.m.policy", "backend_load"),
         ] {
             let errors = parse(&format!("models:\n  m: {entry}\n")).unwrap_err();
             let found = errors.iter().find(|e| e.key == key);

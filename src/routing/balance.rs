@@ -1,6 +1,6 @@
 //! Which of an entry's backends takes the next attempt, by the entry's `policy`: fewest requests
-//! in flight (for the weight), weighted turns, or a consistent hash of the conversation with a
-//! bound on any one backend's load. Backends that are down, or already tried by the request, are
+//! in flight (for the weight), weighted turns, a consistent hash of the conversation with a
+//! bound on any one backend's load, or the least load the backends report of themselves. Backends that are down, or already tried by the request, are
 //! passed over.
 
 use std::net::{Ipv6Addr, SocketAddr};
@@ -40,6 +40,8 @@ pub(crate) enum Balancer {
         /// Where the scan for the least loaded begins, turning, so that ties spread.
         start: AtomicUsize,
     },
+    /// The least [`BackendState::load_estimate`] for the weight.
+    BackendLoad { start: AtomicUsize },
     RoundRobin {
         /// Backend indices in the order they take turns, each as often as its weight.
         schedule: Vec<u8>,
@@ -57,6 +59,7 @@ impl Balancer {
     pub(crate) fn new<C: Candidate>(policy: Policy, backends: &[C], affinity: &Affinity) -> Self {
         match policy {
             Policy::LeastRequests => Self::LeastRequests { start: AtomicUsize::new(0) },
+            Policy::BackendLoad => Self::BackendLoad { start: AtomicUsize::new(0) },
             Policy::RoundRobin => Self::RoundRobin {
                 schedule: smooth_weighted_schedule(&backends.iter().map(C::weight).collect::<Vec<_>>()),
                 next: AtomicUsize::new(0),
@@ -89,9 +92,13 @@ impl Balancer {
     fn pick<C: Candidate>(&self, backends: &[C], key: Option<&[u8]>, passed: Tried) -> Option<usize> {
         let open = |index: usize| !passed.has(index) && backends[index].state().availability() != Availability::Down;
         match self {
-            Self::LeastRequests { start } => {
+            Self::LeastRequests { start } | Self::BackendLoad { start } => {
                 let start = start.fetch_add(1, Relaxed);
-                least_loaded(backends, (0..backends.len()).map(|i| (start + i) % backends.len()).filter(|&i| open(i)))
+                let candidates = (0..backends.len()).map(|i| (start + i) % backends.len()).filter(|&i| open(i));
+                match self {
+                    Self::BackendLoad { .. } => least_by(backends, candidates, BackendState::load_estimate),
+                    _ => least_loaded(backends, candidates),
+                }
             }
             Self::RoundRobin { schedule, next } => {
                 let turn = next.fetch_add(1, Relaxed);
@@ -129,8 +136,17 @@ impl Balancer {
 
 /// The candidate with the fewest requests in flight for its weight; the first of equals.
 fn least_loaded<C: Candidate>(backends: &[C], candidates: impl Iterator<Item = usize>) -> Option<usize> {
-    // in_flight / weight compared without division: a.in_flight * b.weight < b.in_flight * a.weight.
-    let load = |i: usize| (u128::from(backends[i].state().in_flight()), u128::from(backends[i].weight()));
+    least_by(backends, candidates, BackendState::in_flight)
+}
+
+/// The candidate with the least `load` for its weight; the first of equals.
+fn least_by<C: Candidate>(
+    backends: &[C],
+    candidates: impl Iterator<Item = usize>,
+    load: impl Fn(&BackendState) -> u64,
+) -> Option<usize> {
+    // load / weight compared without division: a.load * b.weight < b.load * a.weight.
+    let load = |i: usize| (u128::from(load(backends[i].state())), u128::from(backends[i].weight()));
     candidates.reduce(|best, i| {
         let ((best_load, best_weight), (load, weight)) = (load(best), load(i));
         if load * best_weight < best_load * weight {
@@ -243,6 +259,27 @@ mod tests {
         let idle = fakes(&[1, 1, 1]);
         let picks = (0..300).map(|_| balancer.choose(&idle, None, Tried::default()).unwrap());
         assert_eq!(counts(picks, 3), [100, 100, 100]);
+    }
+
+    #[test]
+    fn backend_load_prefers_what_the_backends_report_plus_what_was_sent_since() {
+        let backends = fakes(&[1, 1]);
+        let balancer = Balancer::new(Policy::BackendLoad, &backends, &Affinity::default());
+        backends[0].state.report_load(Some(3));
+        backends[1].state.report_load(Some(0));
+        // Backend 1 takes requests until what it was sent since its report passes backend 0's load.
+        let held: Vec<_> = (0..3)
+            .map(|_| {
+                let index = balancer.choose(&backends, None, Tried::default()).unwrap();
+                InFlight::new(backends[index].state.clone())
+            })
+            .collect();
+        assert_eq!(backends[1].state.in_flight(), 3);
+        assert_eq!(backends[1].state.load_estimate(), 3);
+        drop(held);
+        backends[0].state.report_load(Some(0));
+        backends[1].state.report_load(Some(9));
+        assert!((0..5).all(|_| balancer.choose(&backends, None, Tried::default()) == Some(0)));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub enum Availability {
     Down,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackendState {
     in_flight: AtomicU64,
     failures: AtomicU32,
@@ -29,6 +29,27 @@ pub struct BackendState {
     checked_down: AtomicBool,
     /// The active checks' run of passes (or failures) since the verdict last changed.
     check_streak: AtomicU32,
+    /// `backend_load`: the load the backend last reported (`NO_REPORT` before one), and the
+    /// requests this node had in flight on it then.
+    reported_load: AtomicU64,
+    in_flight_at_report: AtomicU64,
+}
+
+const NO_REPORT: u64 = u64::MAX;
+
+impl Default for BackendState {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            trial_taken: AtomicBool::new(false),
+            checked_down: AtomicBool::new(false),
+            check_streak: AtomicU32::new(0),
+            reported_load: AtomicU64::new(NO_REPORT),
+            in_flight_at_report: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The node's clock for cooldowns: milliseconds fit an atomic, an `Instant` does not.
@@ -72,6 +93,22 @@ impl BackendState {
     pub fn cooldown_left(&self) -> Option<Duration> {
         let until = self.ejected_until_ms.load(Relaxed);
         (until != 0).then(|| Duration::from_millis(until.saturating_sub(now_ms())))
+    }
+
+    /// What the backend's own metrics page said of its load (`None`: it said nothing).
+    pub fn report_load(&self, load: Option<u64>) {
+        self.in_flight_at_report.store(self.in_flight(), Relaxed);
+        self.reported_load.store(load.map_or(NO_REPORT, |load| load.min(NO_REPORT - 1)), Relaxed);
+    }
+
+    /// Its load as `backend_load` weighs it: the last report plus the requests this node sent
+    /// it since; without a report, the requests in flight alone.
+    pub fn load_estimate(&self) -> u64 {
+        let in_flight = self.in_flight();
+        match self.reported_load.load(Relaxed) {
+            NO_REPORT => in_flight,
+            reported => reported.saturating_add(in_flight.saturating_sub(self.in_flight_at_report.load(Relaxed))),
+        }
     }
 
     /// A request reached it and it answered as a live backend does.
@@ -188,6 +225,21 @@ mod tests {
         assert_eq!(state.checked(true, thresholds), None);
         assert_eq!(state.checked(true, thresholds), Some(true));
         assert_eq!(state.availability(), Availability::Up);
+    }
+
+    #[test]
+    fn reported_load_adds_the_requests_sent_since() {
+        let state = Arc::new(BackendState::default());
+        let before = InFlight::new(state.clone());
+        assert_eq!(state.load_estimate(), 1);
+        state.report_load(Some(10));
+        assert_eq!(state.load_estimate(), 10);
+        let after = [InFlight::new(state.clone()), InFlight::new(state.clone())];
+        assert_eq!(state.load_estimate(), 12);
+        drop((before, after));
+        assert_eq!(state.load_estimate(), 10);
+        state.report_load(None);
+        assert_eq!(state.load_estimate(), 0);
     }
 
     #[test]

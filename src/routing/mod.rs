@@ -6,6 +6,7 @@
 mod balance;
 mod checks;
 mod health;
+mod load;
 mod reload;
 
 use std::collections::HashMap;
@@ -137,6 +138,8 @@ pub struct ModelRoute {
     pub(crate) prefix_bytes: Option<usize>,
     pub(crate) outlier: OutlierDetection,
     pub health: Option<HealthCheck>,
+    /// `backend_load`'s metrics path; `None` under other policies.
+    pub load_path: Option<String>,
     /// The backend's name for the model (`alias`), as the JSON string put in place of the
     /// body's `model`; encoded once here rather than per request.
     pub(crate) alias_json: Option<Bytes>,
@@ -157,6 +160,7 @@ impl ModelRoute {
             prefix_bytes: (model.policy == Policy::PrefixAffinity).then_some(model.affinity.prefix_bytes),
             outlier: model.outlier.clone(),
             health: model.health.clone(),
+            load_path: (model.policy == Policy::BackendLoad).then(|| model.load.path.clone()),
             alias_json: model.alias.as_deref().map(|alias| Bytes::from(serde_json::Value::from(alias).to_string())),
             fxn_id: model.fxn_id.clone(),
         }

@@ -31,7 +31,9 @@
 //! `POST /control` and a JSON object of any of: `health` (the status `GET /health` answers, 200
 //! at first), `failStatus` (every inference request answered with this status, as an overloaded
 //! server answers 503; 0 for none), `delayMs` (every inference request waits this long first, a
-//! slow replica). `GET /health` is not counted in `requests`.
+//! slow replica), `waiting` and `running` (the gauges `vllm:num_requests_waiting` and
+//! `vllm:num_requests_running` of `GET /metrics`, 0 at first). `GET /health` and `GET /metrics`
+//! are not counted in `requests`.
 //! For ENDPOINT_REACHABLE: `GET /redirect?to=<percent-encoded URL>` answers 302 to that URL, and
 //! `GET /status/<code>` answers that status with a short body.
 
@@ -87,11 +89,19 @@ struct Controls {
     health: AtomicU64,
     fail_status: AtomicU64,
     delay_ms: AtomicU64,
+    waiting: AtomicU64,
+    running: AtomicU64,
 }
 
 impl Default for Controls {
     fn default() -> Self {
-        Self { health: AtomicU64::new(200), fail_status: AtomicU64::new(0), delay_ms: AtomicU64::new(0) }
+        Self {
+            health: AtomicU64::new(200),
+            fail_status: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+        }
     }
 }
 
@@ -224,6 +234,8 @@ impl Backend {
                 "health" => &controls.health,
                 "failStatus" => &controls.fail_status,
                 "delayMs" => &controls.delay_ms,
+                "waiting" => &controls.waiting,
+                "running" => &controls.running,
                 _ => return status(StatusCode::BAD_REQUEST, &format!("unknown control `{name}`")),
             };
             let Some(value) = value.as_u64() else {
@@ -235,6 +247,8 @@ impl Backend {
             "health": controls.health.load(Ordering::Relaxed),
             "failStatus": controls.fail_status.load(Ordering::Relaxed),
             "delayMs": controls.delay_ms.load(Ordering::Relaxed),
+            "waiting": controls.waiting.load(Ordering::Relaxed),
+            "running": controls.running.load(Ordering::Relaxed),
         });
         Response::new(full(now.to_string()))
     }
@@ -243,6 +257,16 @@ impl Backend {
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
         if request.method() == hyper::Method::POST && path == "/control" {
             return self.control(request).await;
+        }
+        if request.method() == hyper::Method::GET && path == "/metrics" {
+            let controls = &self.controls;
+            let page = format!(
+                "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"m\"}} {}\n\
+                 # TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"m\"}} {}\n",
+                controls.waiting.load(Ordering::Relaxed),
+                controls.running.load(Ordering::Relaxed)
+            );
+            return Response::new(full(page));
         }
         if request.method() == hyper::Method::GET && path == "/health" {
             let code = u16::try_from(self.controls.health.load(Ordering::Relaxed)).ok();

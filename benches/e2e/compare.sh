@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Side-by-side cost of fxn configurations: one node per variant, all running at once on CPU 1
+# (the backend and the load generator on CPU 0), measured in turn, round after round, so that
+# the machine's drift falls on every variant alike. For each variant it reports the median
+# proxy CPU per request at saturation (32 connections, closed loop) and per relayed event (500
+# paced streams). A cost smaller than the spread between rounds is not resolved by one run.
+#
+#   bash benches/e2e/compare.sh NAME=BACKENDS[:CONFIG] ...
+#
+# BACKENDS is how many backends the variant's one model entry lists (all the same test backend,
+# under base paths /r0, /r1, …; policy least_requests); CONFIG is more config.yaml, such as
+# 'metrics: {enabled: false}'. Knobs: BENCH_ROUNDS (4), BENCH_DURATION_S (8). It measures the
+# release binaries in target/release as they are: build them first
+# (`cargo build --release -p fxn-node -p fxn-test-backend -p fxn-bench --bins`).
+# Example, the costs of metrics and of eight backends:
+#   bash benches/e2e/compare.sh on=1 off=1:'metrics: {enabled: false}' eight=8
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=$ROOT/target/release
+ROUNDS=${BENCH_ROUNDS:-4}
+DURATION=${BENCH_DURATION_S:-8}
+(($# > 0)) || { sed -n '2,16p' "$0"; exit 2; }
+WORK=$(mktemp -d /tmp/fxn-compare.XXXXXX)
+RESULTS=$WORK/results.jsonl
+ulimit -n 20000
+export RUST_BACKTRACE=0
+
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+taskset -c 0 "$BIN/fxn-test-backend" --listen 127.0.0.1:0 >"$WORK/backend.out" 2>&1 &
+PIDS+=("$!")
+for _ in $(seq 50); do grep -q listening "$WORK/backend.out" && break; sleep 0.1; done
+BACKEND=$(sed -n 's/^listening on //p' "$WORK/backend.out")
+SIGNER=$("$BIN/fxn-load" signer-address)
+
+declare -A PID PORT
+NAMES=()
+for variant in "$@"; do
+    name=${variant%%=*}
+    spec=${variant#*=}
+    backends=${spec%%:*}
+    extra=""
+    [[ $spec == *:* ]] && extra=${spec#*:}
+    dir=$WORK/$name
+    mkdir -p "$dir"
+    PORT[$name]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    # Each node's metrics on a port of its own, unless the variant sets `metrics` itself.
+    if [[ $extra != *metrics:* ]]; then
+        metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        extra="metrics: {listenAddress: \"127.0.0.1:$metrics_port\"}"$'\n'"$extra"
+    fi
+    printf 'node: {listenAddress: "127.0.0.1", listenPort: %s}\nlogger: {verbosity: "warn"}\nregistry: {static: {gateways: ["%s"]}}\nnonceCache: {maxEntries: 5000000}\n%s\n' \
+        "${PORT[$name]}" "$SIGNER" "$extra" >"$dir/config.yaml"
+    if ((backends == 1)); then
+        printf 'models:\n  "fxn/test-model":\n    url: "http://%s"\n' "$BACKEND" >"$dir/model_backend.yaml"
+    else
+        {
+            printf 'models:\n  "fxn/test-model":\n    backends:\n'
+            for i in $(seq 0 $((backends - 1))); do printf '      - url: "http://%s/r%s"\n' "$BACKEND" "$i"; done
+        } >"$dir/model_backend.yaml"
+    fi
+    printf 'version: 1\nthreads: 1\npid_file: %s/fxn.pid\nupgrade_sock: %s/upgrade.sock\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' \
+        "$dir" "$dir" >"$dir/fxn.yaml"
+    taskset -c 1 "$BIN/fxn" start --config "$dir/config.yaml" --model-backend "$dir/model_backend.yaml" \
+        -c "$dir/fxn.yaml" >"$dir/fxn.log" 2>&1 &
+    PID[$name]=$!
+    PIDS+=("$!")
+    NAMES+=("$name")
+done
+sleep 2
+
+for round in $(seq "$ROUNDS"); do
+    for name in "${NAMES[@]}"; do
+        common=(--target "127.0.0.1:${PORT[$name]}" --proxy-pid "${PID[$name]}" --auth sign --label "name=$name"
+            --label "round=$round")
+        taskset -c 0 "$BIN/fxn-load" closed "${common[@]}" --label scenario=saturation --connections 32 \
+            --duration-s "$DURATION" --max-rate 15000 >>"$RESULTS"
+        taskset -c 0 "$BIN/fxn-load" stream "${common[@]}" --label scenario=stream --streams 500 --chunks 150 \
+            --interval-ms 20 --ramp-s 1 >>"$RESULTS"
+    done
+    printf '[%s] round %s of %s done\n' "$(date +%T)" "$round" "$ROUNDS" >&2
+done
+
+python3 - "$RESULTS" "${NAMES[@]}" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print("| variant | CPU/request µs, saturation (median; each round) | CPU/event µs, 500 streams (median; each round) |")
+print("| --- | --- | --- |")
+for name in sys.argv[2:]:
+    cells = []
+    for scenario, field in (("saturation", "cpu_per_request_us"), ("stream", "cpu_per_event_us")):
+        values = [r[field] for r in rows if r.get("name") == name and r.get("scenario") == scenario and r.get(field)]
+        each = ", ".join(f"{v:.1f}" for v in values)
+        cells.append(f"{statistics.median(values):.1f} ({each})" if values else "none")
+    print(f"| {name} | {cells[0]} | {cells[1]} |")
+EOF
