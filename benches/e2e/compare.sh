@@ -10,14 +10,14 @@
 # BACKENDS is how many backends the variant's one model entry lists (all the same test backend,
 # under base paths /r0, /r1, …; policy least_requests); CONFIG is more config.yaml, such as
 # 'metrics: {enabled: false}'. Knobs: BENCH_ROUNDS (4), BENCH_DURATION_S (8). It measures the
-# release binaries in target/release as they are: build them first
+# release binaries in target/release (or $CARGO_TARGET_DIR/release) as they are: build them first
 # (`cargo build --release -p fxn-node -p fxn-test-backend -p fxn-bench --bins`).
 # Example, the costs of metrics and of eight backends:
 #   bash benches/e2e/compare.sh on=1 off=1:'metrics: {enabled: false}' eight=8
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BIN=$ROOT/target/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 ROUNDS=${BENCH_ROUNDS:-4}
 DURATION=${BENCH_DURATION_S:-8}
 (($# > 0)) || { sed -n '2,16p' "$0"; exit 2; }

@@ -391,6 +391,27 @@ mod tests {
         assert_eq!(router.select("b").unwrap().alias_json.as_deref(), Some(&b"\"bee\""[..]));
     }
 
+    #[test]
+    fn a_reload_keeps_the_state_of_the_backends_it_still_lists() {
+        let parse = |yaml: &str| ModelBackends::parse(Path::new("model_backend.yaml"), yaml).unwrap();
+        let routes =
+            Routes::new(router("models: {a: {backends: [{url: 'http://10.0.0.1:1'}, {url: 'http://10.0.0.2:1'}]}}"));
+        let before = routes.current();
+        let [kept, dropped] = [0, 1].map(|i| before.select("a").unwrap().backends[i].state.clone());
+        let held = InFlight::new(kept.clone());
+        routes.replace(
+            &parse("models: {a: {backends: [{url: 'http://10.0.0.3:1'}, {url: 'http://10.0.0.1:1', weight: 2}]}}"),
+            &ProxySettings::default(),
+        );
+        let after = routes.current().select("a").unwrap();
+        assert!(Arc::ptr_eq(&after.backends[1].state, &kept) && after.backends[1].state.in_flight() == 1);
+        assert!(!Arc::ptr_eq(&after.backends[0].state, &dropped) && after.backends[0].state.in_flight() == 0);
+        // The table a request began with is the one it keeps.
+        assert_eq!(before.select("a").unwrap().backends[1].url, "http://10.0.0.2:1/");
+        drop(held);
+        assert_eq!(kept.in_flight(), 0);
+    }
+
     #[tokio::test]
     async fn https_backends_get_tls_with_their_host_as_sni() {
         use pingora::upstreams::peer::Peer;
