@@ -388,6 +388,9 @@ impl ProxyHttp for NodeProxy {
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(exchange) = ctx.exchange.as_mut() {
+            exchange.observer.end_stream();
+        }
         metrics().request_finished(&RequestRecord {
             route: ctx.endpoint.map_or("unknown", Endpoint::path),
             model: self.metric_model(ctx),

@@ -16,9 +16,10 @@ use crate::metrics::{metrics, OpenStream, UpstreamRecord};
 pub(crate) struct ResponseLog {
     ttfb: Option<Duration>,
     bytes_out: u64,
-    /// Counted only for `text/event-stream` responses, which count as open streams until the
-    /// exchange ends.
-    events: Option<(SseEventCounter, OpenStream)>,
+    /// Counted only for `text/event-stream` responses.
+    events: Option<SseEventCounter>,
+    /// Held while an event stream is relayed, so that it counts as open until the request ends.
+    open_stream: Option<OpenStream>,
     usage: Option<UsageScanner>,
 }
 
@@ -28,9 +29,15 @@ impl ResponseLog {
             entry,
             ttfb: self.ttfb,
             bytes_out: self.bytes_out,
-            events: self.events.as_ref().map(|(counter, _)| counter.events),
+            events: self.events.as_ref().map(|counter| counter.events),
             usage: self.usage(),
         }
+    }
+
+    /// The request ended: its stream is no longer open. Called before the request is counted as
+    /// finished, so that a scrape never sees a finished request's stream still open.
+    pub(crate) fn end_stream(&mut self) {
+        self.open_stream = None;
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -44,13 +51,14 @@ impl ResponseObserver for ResponseLog {
         let content_type = response.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
         let event_stream =
             content_type.is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
-        self.events = event_stream.then(|| (SseEventCounter::default(), metrics().stream_opened()));
+        self.events = event_stream.then(SseEventCounter::default);
+        self.open_stream = event_stream.then(|| metrics().stream_opened());
         self.usage = Some(UsageScanner::new(if event_stream { Framing::EventStream } else { Framing::Json }));
     }
 
     fn on_body(&mut self, chunk: &[u8]) {
         self.bytes_out += chunk.len() as u64;
-        if let Some((events, _)) = &mut self.events {
+        if let Some(events) = &mut self.events {
             events.feed(chunk);
         }
         if let Some(usage) = &mut self.usage {
@@ -67,7 +75,7 @@ impl fmt::Display for ResponseLog {
             None => f.write_str(" ttfb_ms=-")?,
         }
         write!(f, " bytes_out={}", self.bytes_out)?;
-        if let Some((events, _)) = &self.events {
+        if let Some(events) = &self.events {
             write!(f, " events={}", events.events)?;
         }
         if let Some(usage) = self.usage() {
@@ -83,7 +91,7 @@ impl Source for ResponseLog {
             visitor.visit_pair(Key::from_str("ttfb_ms"), Value::from(ttfb.as_secs_f64() * 1000.0))?;
         }
         visitor.visit_pair(Key::from_str("bytes_out"), Value::from(self.bytes_out))?;
-        if let Some((events, _)) = &self.events {
+        if let Some(events) = &self.events {
             visitor.visit_pair(Key::from_str("events"), Value::from(events.events))?;
         }
         if let Some(usage) = self.usage() {
