@@ -9,5 +9,5 @@ pub mod keys;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
-mod routing;
+pub mod routing;
 mod server;

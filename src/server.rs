@@ -166,15 +166,22 @@ fn chain_registries(
     Some(registries)
 }
 
-/// The Redis store of `nonceCache.backend: redis`; the config check made sure it has a URL or cluster nodes.
+/// The Redis store of `nonceCache.backend: redis`; the config check made sure it has one of a URL,
+/// cluster nodes or Sentinels.
 fn shared_nonce_store(settings: &NonceCacheSettings) -> Option<SharedNonceStore> {
     let redis = &settings.redis;
     if settings.backend != NonceBackend::Redis {
         return None;
     }
-    let servers = match &redis.url {
-        Some(url) => RedisServers::Single(url),
-        None => RedisServers::Cluster(&redis.cluster),
+    let servers = match (&redis.url, &redis.sentinel) {
+        (Some(url), _) => RedisServers::Single(url),
+        (None, Some(sentinel)) => RedisServers::Sentinel {
+            nodes: &sentinel.nodes,
+            master_name: &sentinel.master_name,
+            master_password: sentinel.master_password.as_deref(),
+            master_db: sentinel.master_db,
+        },
+        (None, None) => RedisServers::Cluster(&redis.cluster),
     };
     let falls_back = redis.on_unavailable == OnRedisUnavailable::Memory;
     match SharedNonceStore::new(servers, &redis.key_prefix, redis.connect_timeout, redis.command_timeout, falls_back) {
@@ -185,7 +192,7 @@ fn shared_nonce_store(settings: &NonceCacheSettings) -> Option<SharedNonceStore>
         Err(e) => {
             // The config check opened the same URL; serving without the shared store would
             // quietly allow replays between instances.
-            log::error!("nonceCache.redis.url: {e}");
+            log::error!("nonceCache.redis: {e}");
             std::process::exit(1)
         }
     }

@@ -123,6 +123,33 @@ async fn a_redis_cluster_is_shared_the_same_way() {
 }
 
 #[tokio::test]
+async fn a_sentinel_named_master_is_followed_through_a_failover() {
+    let mut master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let sentinel = RedisServer::start_sentinel_of(&master, &replica);
+    let sentinels = format!("    sentinel:\n      masterName: fxn\n      nodes: [\"{}\"]\n", sentinel.url());
+    let config = format!("nonceCache:\n  backend: redis\n  redis:\n{sentinels}");
+    let (_backend, a, b) = two_instances(&config);
+    let request = signed_chat();
+    assert_eq!(send(&a, &request).await.status(), 200, "{}", a.log());
+    assert_eq!(error_code(send(&b, &request).await).await, (401, "nonce_reused".into()));
+    let key = format!("fxn:nonce:{:x}:{}", gateway_key().address, request["x-nonce"].to_str().unwrap());
+    // Replication is asynchronous: the nonce is on the replica before the master goes.
+    eventually(Duration::from_secs(5), "the nonce replicated", || async { replica.cli(&["EXISTS", &key]) == "1" })
+        .await;
+
+    master.stop();
+    for node in [&a, &b] {
+        eventually(Duration::from_secs(15), "the instance follows the new master", || async {
+            send(node, &signed_chat()).await.status() == 200
+        })
+        .await;
+    }
+    assert!(replica.cli(&["ROLE"]).starts_with("master"), "the Sentinel promoted the replica");
+    assert_eq!(error_code(send(&b, &request).await).await, (401, "nonce_reused".into()), "still a replay");
+}
+
+#[tokio::test]
 async fn rediss_is_tls_checked_against_the_trusted_roots() {
     let ((redis, cert), backend) = (RedisServer::start_tls(), TestBackend::start());
     let config = shared_config(&format!("rediss://localhost:{}", redis.port), "");

@@ -102,21 +102,45 @@ impl NodeConfig {
         }
         let redis = &nonce_cache.redis;
         let redis_chosen = nonce_cache.backend == NonceBackend::Redis
-            && !errors.touches("nonceCache.redis.url")
-            && !errors.touches("nonceCache.redis.cluster");
-        match (redis.url.is_some(), redis.cluster.is_empty()) {
-            (false, true) if redis_chosen => errors.push(ConfigError::new(
+            && !["url", "cluster", "sentinel"].iter().any(|field| errors.touches(&format!("nonceCache.redis.{field}")));
+        let chosen: Vec<&str> = [
+            ("url", redis.url.is_some()),
+            ("cluster", !redis.cluster.is_empty()),
+            ("sentinel", redis.sentinel.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect();
+        match chosen.as_slice() {
+            [] if redis_chosen => errors.push(ConfigError::new(
                 path,
                 "nonceCache.redis.url",
                 "is required with nonceCache.backend: redis (such as `redis://127.0.0.1:6379`), \
-                 unless nonceCache.redis.cluster lists a Redis Cluster's nodes",
+                 unless nonceCache.redis.cluster lists a Redis Cluster's nodes or nonceCache.redis.sentinel \
+                 names the Sentinels of a monitored master",
             )),
-            (true, false) => errors.push(ConfigError::new(
+            [_] | [] => {}
+            [_, second, ..] => errors.push(ConfigError::new(
                 path,
-                "nonceCache.redis.cluster",
-                "and nonceCache.redis.url are alternatives: set one of them",
+                format!("nonceCache.redis.{second}"),
+                format!("and nonceCache.redis.{} are alternatives: set one of them", chosen[0]),
             )),
-            _ => {}
+        }
+        if let Some(sentinel) = &redis.sentinel {
+            if sentinel.nodes.is_empty() {
+                errors.push(ConfigError::new(
+                    path,
+                    "nonceCache.redis.sentinel.nodes",
+                    "must list at least one Sentinel (such as `redis://10.0.0.1:26379`)",
+                ));
+            }
+            if sentinel.master_name.trim().is_empty() {
+                errors.push(ConfigError::new(
+                    path,
+                    "nonceCache.redis.sentinel.masterName",
+                    "must name the master the Sentinels monitor (`sentinel monitor <name> …` in their conf)",
+                ));
+            }
         }
         let chain_wanted = rpc_provider.0.is_some() && !errors.touches("registry.routerSmartContractAddress");
         if chain_wanted && registry_section.router_smart_contract_address.is_none() {
@@ -368,6 +392,8 @@ pub struct RedisSettings {
     /// Instead of `url`: some nodes of a Redis Cluster, which tell the client the rest.
     #[serde(deserialize_with = "yaml::redis_urls")]
     pub cluster: Vec<url::Url>,
+    /// Instead of `url`: the Sentinels that say which server is the master now.
+    pub sentinel: Option<SentinelSettings>,
     /// Put before every key, so that several deployments can share one Redis.
     pub key_prefix: String,
     #[serde(deserialize_with = "yaml::positive_duration")]
@@ -382,12 +408,31 @@ impl Default for RedisSettings {
         Self {
             url: None,
             cluster: Vec::new(),
+            sentinel: None,
             key_prefix: "fxn:nonce:".into(),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
             on_unavailable: OnRedisUnavailable::FailClosed,
         }
     }
+}
+
+/// `nonceCache.redis.sentinel`: a master and its replicas watched by Redis Sentinel, which names
+/// the master again after a failover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SentinelSettings {
+    /// As in the Sentinels' `sentinel monitor <name> …`.
+    pub master_name: String,
+    /// Some of the Sentinels, `redis://` or `rediss://`, with their own password in the URL if
+    /// they have one; `rediss://` Sentinels mean TLS to the master as well.
+    #[serde(deserialize_with = "yaml::redis_urls")]
+    pub nodes: Vec<url::Url>,
+    /// The master's own password, when it has one.
+    #[serde(default)]
+    pub master_password: Option<String>,
+    #[serde(default)]
+    pub master_db: i64,
 }
 
 /// `nonceCache.redis.onUnavailable`.
@@ -650,6 +695,24 @@ schedulerAddress: "0x12"
         assert_eq!(cluster.unwrap().nonce_cache.redis.cluster.len(), 2);
         let both = parse("nonceCache: {backend: redis, redis: {url: \"redis://a:1\", cluster: [\"redis://b:2\"]}}");
         assert_eq!(both.unwrap_err().keys(), ["nonceCache.redis.cluster"]);
+
+        let sentinel = parse(
+            "nonceCache: {backend: redis, redis: {sentinel: {masterName: fxn, nodes: [\"rediss://:s@a:26379\"], \
+             masterPassword: pw, masterDb: 3}}}",
+        );
+        let sentinel = sentinel.unwrap().nonce_cache.redis.sentinel.unwrap();
+        assert_eq!((sentinel.master_name.as_str(), sentinel.master_password.as_deref()), ("fxn", Some("pw")));
+        assert_eq!((sentinel.nodes.len(), sentinel.master_db), (1, 3));
+        let both =
+            parse("nonceCache: {backend: redis, redis: {url: \"redis://a:1\", sentinel: {masterName: m, nodes: []}}}");
+        let errors = both.unwrap_err();
+        assert_eq!(errors.keys(), ["nonceCache.redis.sentinel", "nonceCache.redis.sentinel.nodes"], "{errors}");
+        assert!(errors.to_string().contains("and nonceCache.redis.url are alternatives"), "{errors}");
+        let unnamed =
+            parse("nonceCache: {backend: redis, redis: {sentinel: {masterName: \" \", nodes: [\"redis://a:1\"]}}}");
+        assert_eq!(unnamed.unwrap_err().keys(), ["nonceCache.redis.sentinel.masterName"]);
+        let missing = parse("nonceCache: {backend: redis, redis: {sentinel: {nodes: [\"redis://a:1\"]}}}");
+        assert!(missing.unwrap_err().to_string().contains("masterName"));
     }
 
     #[test]

@@ -507,6 +507,33 @@ impl RedisServer {
         Self::spawn(port, &[], None, None)
     }
 
+    /// A replica of `master`, which a Sentinel can promote.
+    pub fn start_replica_of(master: &RedisServer) -> Self {
+        Self::spawn(free_port(), &["--replicaof", "127.0.0.1", &master.port.to_string()], None, None)
+    }
+
+    /// A Sentinel that watches `master` under the name `fxn` and fails it over alone (quorum 1)
+    /// 300 ms after it stops answering; returned once it knows `replica`, its failover target.
+    pub fn start_sentinel_of(master: &RedisServer, replica: &RedisServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        let monitor = format!(
+            "sentinel monitor fxn 127.0.0.1 {} 1\nsentinel down-after-milliseconds fxn 300\n\
+             sentinel failover-timeout fxn 2000\n",
+            master.port
+        );
+        std::fs::write(&conf, monitor).unwrap();
+        let conf = conf.display().to_string();
+        let sentinel = Self::spawn(free_port(), &[&conf, "--sentinel"], Some(dir), None);
+        let replica_address = format!("127.0.0.1:{}", replica.port);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !sentinel.cli(&["SENTINEL", "REPLICAS", "fxn"]).contains(&replica_address) {
+            assert!(Instant::now() < deadline, "the Sentinel did not learn of the replica {replica_address}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sentinel
+    }
+
     /// A Redis Cluster of one node that holds every slot.
     pub fn start_cluster() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -537,16 +564,22 @@ impl RedisServer {
         (server, cert)
     }
 
+    /// `extra` may begin with a config file and `--sentinel`, which redis-server reads first.
     fn spawn(port: u16, extra: &[&str], dir: Option<tempfile::TempDir>, tls_cert: Option<&Path>) -> Self {
         let port_text = port.to_string();
         let ports = match tls_cert {
             Some(_) => ["--port", "0", "--tls-port", &port_text],
             None => ["--port", &port_text, "--tls-port", "0"],
         };
+        let (leading, options) = match extra {
+            [_, "--sentinel", rest @ ..] => (&extra[..2], rest),
+            _ => (&[][..], extra),
+        };
         let child = Command::new("redis-server")
+            .args(leading)
             .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(extra)
+            .args(options)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (scripts/test.sh installs it)");

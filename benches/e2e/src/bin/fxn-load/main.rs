@@ -6,6 +6,7 @@ mod client;
 mod closed;
 mod open;
 mod proc_stats;
+mod redis_round_trip;
 mod requests;
 mod stream;
 mod summary;
@@ -72,6 +73,13 @@ enum Command {
     },
     /// Prints the address the harness signs as, for the node's `registry.static.gateways`.
     SignerAddress,
+    /// Times single Redis round trips made the way the node records a nonce.
+    RedisRoundTrip {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 50_000)]
+        count: usize,
+    },
 }
 
 #[derive(Args)]
@@ -99,7 +107,7 @@ impl Command {
             Command::Closed { common, .. } | Command::Open { common, .. } | Command::Stream { common, .. } => {
                 Some(common)
             }
-            Command::SignerAddress => None,
+            Command::SignerAddress | Command::RedisRoundTrip { .. } => None,
         }
     }
 }
@@ -120,6 +128,10 @@ fn main() -> anyhow::Result<()> {
     let (common, mut report) = match cli.command {
         Command::SignerAddress => {
             println!("{}", requests::signer().checksummed_address());
+            return Ok(());
+        }
+        Command::RedisRoundTrip { url, count } => {
+            println!("{}", runtime.block_on(redis_round_trip::run(&url, count))?);
             return Ok(());
         }
         Command::Closed { common, request, connections, max_rate } => {
