@@ -303,8 +303,7 @@ async fn reload_swaps_the_backends_and_keeps_streams_and_refuses_bad_files() {
     let (code, _, err) = run_fxn(&["reload", "--model-backend", &model_backend, "-c", &conf], node.files.dir.path());
     assert_eq!(code, 1);
     assert!(err.contains("not asked to reload") && err.contains("url"), "{err}");
-    let hangup = std::process::Command::new("kill").args(["-HUP", &node.pid().to_string()]).status().unwrap();
-    assert!(hangup.success());
+    node.process.signal(nix::sys::signal::Signal::SIGHUP);
     eventually(WITHIN, "the node logs the refused file", || async { node.log().contains("was not reloaded") }).await;
     assert_eq!(chat(&node, &[], chat_body(200, false)).await, (200, new.addr.to_string()));
 }

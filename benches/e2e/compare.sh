@@ -12,15 +12,20 @@
 # 'metrics: {enabled: false}'. Knobs: BENCH_ROUNDS (4), BENCH_DURATION_S (8). It measures the
 # release binaries in target/release (or $CARGO_TARGET_DIR/release) as they are: build them first
 # (`cargo build --release -p fxn-node -p fxn-test-backend -p fxn-bench --bins`).
-# Example, the costs of metrics and of eight backends:
+# FXN_BIN_<NAME> is the `fxn` binary of variant NAME (its name as written: letters, digits, _),
+# by default this tree's; the backend and the load generator stay this tree's, so two commits
+# are compared on the same load, side by side (the older one must read the variant's config).
+# Examples, the costs of metrics and of eight backends, and a commit against this tree:
 #   bash benches/e2e/compare.sh on=1 off=1:'metrics: {enabled: false}' eight=8
+#   git worktree add /tmp/before COMMIT && (cd /tmp/before && CARGO_TARGET_DIR=target cargo build --release -p fxn-node)
+#   FXN_BIN_before=/tmp/before/target/release/fxn bash benches/e2e/compare.sh before=1 after=1
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 ROUNDS=${BENCH_ROUNDS:-4}
 DURATION=${BENCH_DURATION_S:-8}
-(($# > 0)) || { sed -n '2,16p' "$0"; exit 2; }
+(($# > 0)) || { sed -n '2,21p' "$0"; exit 2; }
 WORK=$(mktemp -d /tmp/fxn-compare.XXXXXX)
 RESULTS=$WORK/results.jsonl
 ulimit -n 20000
@@ -45,6 +50,11 @@ NAMES=()
 for variant in "$@"; do
     name=${variant%%=*}
     spec=${variant#*=}
+    [[ $name =~ ^[A-Za-z0-9_]+$ ]] || { echo "variant name '$name': letters, digits and _ only" >&2; exit 2; }
+    fxn_bin_var=FXN_BIN_$name
+    fxn_bin=${!fxn_bin_var:-$BIN/fxn}
+    [[ -x $fxn_bin ]] || { echo "$fxn_bin_var: $fxn_bin is not an executable" >&2; exit 2; }
+    echo "$name: $fxn_bin" >&2
     backends=${spec%%:*}
     extra=""
     [[ $spec == *:* ]] && extra=${spec#*:}
@@ -68,7 +78,7 @@ for variant in "$@"; do
     fi
     printf 'version: 1\nthreads: 1\npid_file: %s/fxn.pid\nupgrade_sock: %s/upgrade.sock\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' \
         "$dir" "$dir" >"$dir/fxn.yaml"
-    taskset -c 1 "$BIN/fxn" start --config "$dir/config.yaml" --model-backend "$dir/model_backend.yaml" \
+    taskset -c 1 "$fxn_bin" start --config "$dir/config.yaml" --model-backend "$dir/model_backend.yaml" \
         -c "$dir/fxn.yaml" >"$dir/fxn.log" 2>&1 &
     PID[$name]=$!
     PIDS+=("$!")

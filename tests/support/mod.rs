@@ -90,6 +90,9 @@ const METRICS_SETTINGS_FILE: &str = "metrics_settings.yaml";
 /// config.yaml's `logger.format`, kept beside it (see [`NodeFiles::with_log_format`]).
 const LOG_FORMAT_FILE: &str = "log_format";
 
+/// The Pingora conf's line unless [`NodeFiles::with_grace_period`] sets another.
+const NO_GRACE_PERIOD: &str = "grace_period_seconds: 0\n";
+
 /// The node's three files in a temporary directory.
 pub struct NodeFiles {
     pub dir: tempfile::TempDir,
@@ -112,13 +115,23 @@ impl NodeFiles {
         std::fs::write(dir.path().join("config_extra.yaml"), config_extra).unwrap();
         let conf = format!(
             "version: 1\nthreads: {threads}\npid_file: {0}/fxn.pid\nupgrade_sock: {0}/upgrade.sock\n\
-             grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\nupstream_keepalive_pool_size: 16\n",
+             {NO_GRACE_PERIOD}graceful_shutdown_timeout_seconds: 1\nupstream_keepalive_pool_size: 16\n",
             dir.path().display()
         );
         std::fs::write(dir.path().join("fxn.yaml"), conf).unwrap();
         let mut files = Self { dir, port: 0, metrics_port: 0 };
         files.pick_port();
         files
+    }
+
+    /// Sets the Pingora conf's `grace_period_seconds`, the time a stopping node gives the requests
+    /// in flight (none by default, so that tests which stop nodes do not wait).
+    pub fn with_grace_period(self, seconds: u64) -> Self {
+        let conf = std::fs::read_to_string(self.path("fxn.yaml")).unwrap();
+        assert!(conf.contains(NO_GRACE_PERIOD), "the grace period is set once");
+        let conf = conf.replace(NO_GRACE_PERIOD, &format!("grace_period_seconds: {seconds}\n"));
+        std::fs::write(self.path("fxn.yaml"), conf).unwrap();
+        self
     }
 
     /// Writes `key` as the node's own key file and config.yaml naming it.
@@ -208,8 +221,9 @@ const PORT_IN_USE: &str = " is in use, will try again";
 
 pub struct Node {
     pub addr: SocketAddr,
+    /// Declared before `files`, so that the node is stopped before its directory is removed.
+    pub process: FxnProcess,
     pub files: NodeFiles,
-    child: Child,
 }
 
 impl Node {
@@ -250,16 +264,9 @@ impl Node {
 
     fn start_with(mut files: NodeFiles, command: impl Fn() -> Command) -> Self {
         for _ in 0..5 {
-            let log = std::fs::File::create(files.path("fxn.log")).unwrap();
-            let child = command()
-                .arg("start")
-                .args(files.file_args())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start fxn");
+            let process = FxnProcess::spawn(command(), &files, &[], files.path("fxn.log"));
             let addr: SocketAddr = ([127, 0, 0, 1], files.port).into();
-            let mut node = Self { addr, files, child };
+            let mut node = Self { addr, process, files };
             match node.wait_until_serving() {
                 Ok(()) => return node,
                 // Another process took the port between `free_port` and the node's bind.
@@ -276,7 +283,7 @@ impl Node {
     fn wait_until_serving(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process.child.try_wait() {
                 return Err(format!("fxn exited with {status}:\n{}", self.log()));
             }
             if self.log().contains(PORT_IN_USE) {
@@ -292,11 +299,17 @@ impl Node {
     }
 
     /// Stops this node and hands back its files, for a start on another port.
-    fn take_files(mut self) -> NodeFiles {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let placeholder = NodeFiles { dir: tempfile::tempdir().unwrap(), port: 0, metrics_port: 0 };
-        std::mem::replace(&mut self.files, placeholder)
+    fn take_files(self) -> NodeFiles {
+        let Self { process, files, .. } = self;
+        drop(process);
+        files
+    }
+
+    /// Starts a second `fxn` on this node's files with `-u`: it waits on the conf's `upgrade_sock`
+    /// for the listening sockets, which this one sends there once it gets SIGQUIT. Its output goes
+    /// to `fxn-upgrade.log` beside this one's.
+    pub fn start_upgrade(&self) -> FxnProcess {
+        FxnProcess::spawn(Command::new(FXN), &self.files, &["-u"], self.files.path("fxn-upgrade.log"))
     }
 
     /// The log lines of finished requests to `path` (Pingora writes each once the response is done),
@@ -324,15 +337,67 @@ impl Node {
     }
 
     pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// One `fxn start` process, its output in a file; killed when dropped.
+pub struct FxnProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl FxnProcess {
+    /// Runs `command` as `start` on `files` with `flags`, its output to `log`.
+    fn spawn(mut command: Command, files: &NodeFiles, flags: &[&str], log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command
+            .arg("start")
+            .args(files.file_args())
+            .args(flags)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start fxn");
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.files.path("fxn.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to fxn (pid {pid}): {e}"));
+    }
+
+    /// Waits up to `within` for the process to exit by itself, polling.
+    pub async fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for fxn") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fxn (pid {}) did not exit within {within:?}:\n{}",
+                self.pid(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
-impl Drop for Node {
+impl Drop for FxnProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
