@@ -6,6 +6,7 @@ EIP-191 personal signature. An answer that is not streamed carries it in two hea
 the comment line ``: fxn-receipt <base64url> <signature>``, which SSE readers (the openai SDK's
 too) skip. To read it, keep the raw response:
 
+    import hashlib
     import httpx
     from fxn_gateway_signing import signing_hook
     from fxn_receipts import verify_receipt, receipt_of_stream
