@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request work: request verification (each header form, cached and
 //! uncached key, each curve backend, a 10,000-gateway registry static or from the chain), body hashing,
-//! `model` extraction, the allowlist lookup and a chain refresh (decode and index 10,000 gateways).
+//! `model` extraction, the allowlist lookup, a chain refresh (decode and index 10,000 gateways) and
+//! signing an answer's receipt (each curve backend, and the whole receipt).
 //! Run with `cargo bench --bench auth`.
 
 use std::sync::Arc;
@@ -9,11 +10,12 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use ethers_core::types::Address;
 use fxn_node::auth::{
-    sign_request, Authenticator, CurveVerifier, DefaultCurve, Membership, NonceStore, Role, SignerDirectory,
-    SignerRoles, K256,
+    sign_request, Authenticator, CurveVerifier, DefaultCurve, K256Signer, Membership, NonceStore, Role,
+    SignerDirectory, SignerRoles, K256,
 };
 use fxn_node::config::{NodeConfig, RegistrySettings};
 use fxn_node::keys::NodeKey;
+use fxn_node::receipt::{Receipt, ReceiptSigner, VERSION};
 use fxn_node::registry::{
     CachedRegistry, ChainRead, ChainRegistries, Directory, GatewayEntry, RegistryCalls, StaticRegistry,
 };
@@ -60,7 +62,7 @@ fn verification_with<V: CurveVerifier + Default>(c: &mut Criterion, backend: &st
         group.bench_function(form, |b| {
             b.iter_batched(
                 || fresh_request(&key, with_public_key),
-                |headers| runtime.block_on(auth.verify(&headers, BODY, Role::Gateway)).unwrap(),
+                |headers| runtime.block_on(auth.verify(&headers, BODY, Role::Gateway)).unwrap().signer,
                 BatchSize::SmallInput,
             )
         });
@@ -68,7 +70,7 @@ fn verification_with<V: CurveVerifier + Default>(c: &mut Criterion, backend: &st
     group.bench_function("x_address_recovered_each_time", |b| {
         b.iter_batched(
             || (authenticator::<V>(), fresh_request(&key, false)),
-            |(auth, headers)| runtime.block_on(auth.verify(&headers, BODY, Role::Gateway)).unwrap(),
+            |(auth, headers)| runtime.block_on(auth.verify(&headers, BODY, Role::Gateway)).unwrap().signer,
             BatchSize::SmallInput,
         )
     });
@@ -181,11 +183,44 @@ fn verification_by_registry(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || fresh_request(&key, false),
-                |headers| runtime.block_on(auth.verify(&headers, BODY, Role::Gateway)).unwrap(),
+                |headers| runtime.block_on(auth.verify(&headers, BODY, Role::Gateway)).unwrap().signer,
                 BatchSize::SmallInput,
             )
         });
     }
+    group.finish();
+}
+
+/// The one signature of an answer's receipt: the digest's alone on each backend, and the whole
+/// receipt (canonical JSON, EIP-191 hash, signature, base64url and hex) on the node's.
+fn receipt_signing(c: &mut Criterion) {
+    let key = NodeKey::generate();
+    let digest = ethers_core::utils::keccak256(b"a receipt");
+    let mut group = c.benchmark_group("receipt");
+    let k256 = K256Signer::new(&key.signing_key);
+    group.bench_function("sign_digest/k256", |b| b.iter(|| k256.sign(&digest)));
+    #[cfg(feature = "libsecp256k1")]
+    {
+        let libsecp256k1 = fxn_node::auth::LibSecp256k1Signer::new(&key.signing_key);
+        group.bench_function("sign_digest/libsecp256k1", |b| b.iter(|| libsecp256k1.sign(&digest)));
+    }
+    let signer = ReceiptSigner::new(&key);
+    let receipt = Receipt {
+        version: VERSION,
+        node: signer.node().to_string(),
+        gateway: format!("{:?}", Address::repeat_byte(0x11)),
+        nonce: "0123456789abcdef".into(),
+        timestamp: now().to_string(),
+        request_sha256: "ab".repeat(32),
+        model: "meta/llama-4-scout-17b-16e-instruct".into(),
+        entry: "meta/llama-4-scout-17b-16e-instruct".into(),
+        status: 200,
+        response_sha256: "cd".repeat(32),
+        prompt_tokens: Some(21),
+        completion_tokens: Some(180),
+        ended_at_ms: 1_700_000_000_000,
+    };
+    group.bench_function("sign_receipt", |b| b.iter(|| signer.sign(&receipt)));
     group.finish();
 }
 
@@ -196,6 +231,7 @@ criterion_group!(
     model_extraction,
     allowlist_lookup,
     chain_registry_refresh,
-    verification_by_registry
+    verification_by_registry,
+    receipt_signing
 );
 criterion_main!(benches);

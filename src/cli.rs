@@ -1,9 +1,11 @@
-//! The `fxn` command line: `fxn start`, `fxn reload`, `fxn config check`, `fxn accounts`, `fxn sign`.
+//! The `fxn` command line: `fxn start`, `fxn reload`, `fxn config check`, `fxn accounts`, `fxn sign`,
+//! `fxn receipt verify`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ethers_core::utils::to_checksum;
 use pingora::server::configuration::Opt;
 
 use crate::config::{self, ConfigPaths, LogFormat, LogSettings, Settings};
@@ -42,6 +44,34 @@ enum Command {
     /// Print the signed-request headers for a body, one `Name: value` per line (for curl -H).
     /// The key comes from --key-file or the PRIVATE_KEY environment variable.
     Sign(SignArgs),
+    /// Check the signed usage receipts of a node's answers.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Print a receipt's signer and fields; exit 1 unless it is signed by the node it names
+    /// (and by --node, when given).
+    Verify(VerifyReceiptArgs),
+}
+
+#[derive(Args)]
+struct VerifyReceiptArgs {
+    /// The receipt: the X-Fxn-Receipt header's value (base64url).
+    #[arg(required_unless_present = "response", requires = "signature")]
+    receipt: Option<String>,
+    /// Its signature: the X-Fxn-Receipt-Signature header's value.
+    signature: Option<String>,
+    /// Instead of both: a saved response that carries one (`curl -i` output, or a stream's body
+    /// with its `: fxn-receipt` line); its body must then hash to the receipt's response_sha256.
+    #[arg(long, value_name = "PATH", conflicts_with = "receipt")]
+    response: Option<PathBuf>,
+    /// The node the receipt must come from.
+    #[arg(long, value_name = "ADDRESS")]
+    node: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -147,6 +177,7 @@ pub fn run() -> ExitCode {
         Command::Accounts { command: AccountsCommand::Show { path } } => accounts_show(&path),
         Command::Registry { command: RegistryCommand::Show { config } } => registry_show(&config),
         Command::Sign(args) => sign(args),
+        Command::Receipt { command: ReceiptCommand::Verify(args) } => verify_receipt(&args),
     }
 }
 
@@ -207,6 +238,54 @@ fn sign(args: SignArgs) -> ExitCode {
         }
         Err(e) => fail(e.to_string()),
     }
+}
+
+fn verify_receipt(args: &VerifyReceiptArgs) -> ExitCode {
+    use crate::receipt;
+    let expected_node = match args.node.as_deref().map(config::parse_address).transpose() {
+        Ok(node) => node,
+        Err(e) => return fail(format!("--node: {e}")),
+    };
+    let saved = match &args.response {
+        Some(path) => match std::fs::read(path) {
+            Ok(saved) => Some(saved),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let found = match &saved {
+        Some(saved) => match receipt::find_in_response(saved) {
+            Ok(found) => Some(found),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
+    let (encoded, signature) = match (&found, &args.receipt, &args.signature) {
+        (Some(found), _, _) => (found.encoded, found.signature),
+        (None, Some(encoded), Some(signature)) => (encoded.as_str(), signature.as_str()),
+        _ => return fail("give a receipt and its signature, or --response FILE"),
+    };
+    let verified = match receipt::verify(encoded, signature) {
+        Ok(verified) => verified,
+        Err(e) => return fail(e),
+    };
+    let signer = to_checksum(&verified.signer, None);
+    if let Some(expected) = expected_node.filter(|expected| *expected != verified.signer) {
+        return fail(format!("the receipt is signed by {signer}, not by --node {}", to_checksum(&expected, None)));
+    }
+    println!("signed by {signer}, the node the receipt names");
+    println!("{}", serde_json::to_string_pretty(&verified.receipt).expect("a receipt serializes"));
+    if let Some(found) = found {
+        let body_sha256 = hex::encode(crate::auth::body_sha256(found.body));
+        if body_sha256 != verified.receipt.response_sha256 {
+            return fail(format!(
+                "the saved body ({} bytes, sha256 {body_sha256}) is not the one the receipt covers",
+                found.body.len()
+            ));
+        }
+        println!("the saved body ({} bytes) hashes to response_sha256", found.body.len());
+    }
+    ExitCode::SUCCESS
 }
 
 fn registry_show(path: &Path) -> ExitCode {

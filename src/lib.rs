@@ -8,6 +8,7 @@ pub mod config;
 pub mod keys;
 pub mod metrics;
 pub mod proxy;
+pub mod receipt;
 pub mod registry;
 pub mod routing;
 mod server;

@@ -23,7 +23,8 @@ use crate::challenge::{poll_gpus_into_metrics, Challenges, ModelProbe};
 use crate::config::{NonceBackend, NonceCacheSettings, OnRedisUnavailable, RegistrySettings, Settings};
 use crate::keys::publicly_known;
 use crate::keys::NodeKey;
-use crate::proxy::NodeProxy;
+use crate::proxy::{Forwarding, NodeProxy};
+use crate::receipt::ReceiptSigner;
 use crate::registry::{ChainReader, ChainRegistries, Directory, RegistryRefresher, StaticRegistry};
 use crate::routing::{HealthChecker, RouteReloader, Router, Routes, CHECK_ROUND};
 
@@ -104,13 +105,18 @@ pub fn run(settings: Settings, model_backend: PathBuf, node_key: Option<NodeKey>
     let max_attempts = node.proxy.max_attempts.min(conf.max_retries.max(1));
     let probe = ModelProbe::new(routes.clone(), connector.clone(), max_attempts);
     let challenges = Arc::new(Challenges::new(&node, node_key.clone(), probe));
-    let stream_usage = node.usage.request_stream_usage;
-    let proxy = NodeProxy::new(auth, routes, challenges, node.limits.clone(), connector, max_attempts, stream_usage);
+    let forwarding = Forwarding {
+        max_attempts,
+        request_stream_usage: node.usage.request_stream_usage,
+        // The config check made sure that receipts have a key to be signed with.
+        receipts: node_key.as_ref().filter(|_| node.receipts.enabled).map(|key| Arc::new(ReceiptSigner::new(key))),
+    };
+    let proxy = NodeProxy::new(auth, routes, challenges, node.limits.clone(), connector, forwarding);
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "fxn proxy");
     service.add_listener(ListenerConfig::tcp(node.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     pingora_server.add_service(service);
     log::info!(
-        "fxn {} ({}) listening on {} (metrics {}) serving {} model entries (model_backend.yaml read in {}); node address {}",
+        "fxn {} ({}) listening on {} (metrics {}) serving {} model entries (model_backend.yaml read in {}); node address {}; receipts {}",
         env!("CARGO_PKG_VERSION"),
         env!("FXN_COMMIT"),
         node.listen,
@@ -118,6 +124,7 @@ pub fn run(settings: Settings, model_backend: PathBuf, node_key: Option<NodeKey>
         models.models.len() + usize::from(models.default.is_some()),
         models.form,
         node_key.map_or_else(|| "not set (node.keyFile)".to_string(), |key| key.checksummed_address()),
+        if node.receipts.enabled { "on" } else { "off" },
     );
     write_pid_file(&conf);
     pingora_server.run_forever()

@@ -2,21 +2,24 @@
 # Side-by-side cost of fxn configurations: one node per variant, all running at once on CPU 1
 # (the backend and the load generator on CPU 0), measured in turn, round after round, so that
 # the machine's drift falls on every variant alike. For each variant it reports the median
-# proxy CPU per request at saturation (32 connections, closed loop) and per relayed event (500
-# paced streams). A cost smaller than the spread between rounds is not resolved by one run.
+# proxy CPU per request at saturation (32 connections, closed loop), and per relayed event and
+# the median event delay (500 paced streams). A cost smaller than the spread between rounds is
+# not resolved by one run.
 #
 #   bash benches/e2e/compare.sh NAME=BACKENDS[:CONFIG] ...
 #
 # BACKENDS is how many backends the variant's one model entry lists (all the same test backend,
 # under base paths /r0, /r1, …; policy least_requests); CONFIG is more config.yaml, such as
-# 'metrics: {enabled: false}'. Knobs: BENCH_ROUNDS (4), BENCH_DURATION_S (8). It measures the
+# 'metrics: {enabled: false}'. Knobs: BENCH_ROUNDS (4), BENCH_DURATION_S (8), BENCH_BODY_BYTES
+# (the saturation requests' body, 256; past 65536 it takes the relay path). It measures the
 # release binaries in target/release (or $CARGO_TARGET_DIR/release) as they are: build them first
 # (`cargo build --release -p fxn-node -p fxn-test-backend -p fxn-bench --bins`).
 # FXN_BIN_<NAME> is the `fxn` binary of variant NAME (its name as written: letters, digits, _),
 # by default this tree's; the backend and the load generator stay this tree's, so two commits
 # are compared on the same load, side by side (the older one must read the variant's config).
-# Examples, the costs of metrics and of eight backends, and a commit against this tree:
+# Examples, the costs of metrics and of eight backends, of receipts, and a commit against this tree:
 #   bash benches/e2e/compare.sh on=1 off=1:'metrics: {enabled: false}' eight=8
+#   bash benches/e2e/compare.sh off=1 on=1:'receipts: {enabled: true}'
 #   git worktree add /tmp/before COMMIT && (cd /tmp/before && CARGO_TARGET_DIR=target cargo build --release -p fxn-node)
 #   FXN_BIN_before=/tmp/before/target/release/fxn bash benches/e2e/compare.sh before=1 after=1
 set -euo pipefail
@@ -25,7 +28,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 ROUNDS=${BENCH_ROUNDS:-4}
 DURATION=${BENCH_DURATION_S:-8}
-(($# > 0)) || { sed -n '2,21p' "$0"; exit 2; }
+BODY_BYTES=${BENCH_BODY_BYTES:-256}
+(($# > 0)) || { sed -n '2,24p' "$0"; exit 2; }
 WORK=$(mktemp -d /tmp/fxn-compare.XXXXXX)
 RESULTS=$WORK/results.jsonl
 ulimit -n 20000
@@ -66,8 +70,10 @@ for variant in "$@"; do
         metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
         extra="metrics: {listenAddress: \"127.0.0.1:$metrics_port\"}"$'\n'"$extra"
     fi
-    printf 'node: {listenAddress: "127.0.0.1", listenPort: %s}\nlogger: {verbosity: "warn"}\nregistry: {static: {gateways: ["%s"]}}\nnonceCache: {maxEntries: 5000000}\n%s\n' \
-        "${PORT[$name]}" "$SIGNER" "$extra" >"$dir/config.yaml"
+    # A key of its own, so that a variant may turn on what needs one (receipts).
+    "$BIN/fxn" accounts new --out "$dir/node_key.json" >/dev/null 2>&1
+    printf 'node: {listenAddress: "127.0.0.1", listenPort: %s, keyFile: "%s"}\nlogger: {verbosity: "warn"}\nregistry: {static: {gateways: ["%s"]}}\nnonceCache: {maxEntries: 5000000}\n%s\n' \
+        "${PORT[$name]}" "$dir/node_key.json" "$SIGNER" "$extra" >"$dir/config.yaml"
     if ((backends == 1)); then
         printf 'models:\n  "fxn/test-model":\n    url: "http://%s"\n' "$BACKEND" >"$dir/model_backend.yaml"
     else
@@ -91,7 +97,7 @@ for round in $(seq "$ROUNDS"); do
         common=(--target "127.0.0.1:${PORT[$name]}" --proxy-pid "${PID[$name]}" --auth sign --label "name=$name"
             --label "round=$round")
         taskset -c 0 "$BIN/fxn-load" closed "${common[@]}" --label scenario=saturation --connections 32 \
-            --duration-s "$DURATION" --max-rate 15000 >>"$RESULTS"
+            --duration-s "$DURATION" --max-rate 15000 --body-bytes "$BODY_BYTES" >>"$RESULTS"
         taskset -c 0 "$BIN/fxn-load" stream "${common[@]}" --label scenario=stream --streams 500 --chunks 150 \
             --interval-ms 20 --ramp-s 1 >>"$RESULTS"
     done
@@ -101,13 +107,17 @@ done
 python3 - "$RESULTS" "${NAMES[@]}" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-print("| variant | CPU/request µs, saturation (median; each round) | CPU/event µs, 500 streams (median; each round) |")
-print("| --- | --- | --- |")
+print("| variant | CPU/request µs, saturation (median; each round) | CPU/event µs, 500 streams (median; each round) "
+      "| event delay p50 µs (median; each round) |")
+print("| --- | --- | --- | --- |")
+def delay_p50(row):
+    return (row.get("event_delay_us") or {}).get("p50")
 for name in sys.argv[2:]:
     cells = []
-    for scenario, field in (("saturation", "cpu_per_request_us"), ("stream", "cpu_per_event_us")):
-        values = [r[field] for r in rows if r.get("name") == name and r.get("scenario") == scenario and r.get(field)]
+    for scenario, field in (("saturation", lambda r: r.get("cpu_per_request_us")),
+                            ("stream", lambda r: r.get("cpu_per_event_us")), ("stream", delay_p50)):
+        values = [field(r) for r in rows if r.get("name") == name and r.get("scenario") == scenario and field(r)]
         each = ", ".join(f"{v:.1f}" for v in values)
         cells.append(f"{statistics.median(values):.1f} ({each})" if values else "none")
-    print(f"| {name} | {cells[0]} | {cells[1]} |")
+    print(f"| {name} | {' | '.join(cells)} |")
 EOF

@@ -101,6 +101,55 @@ pub type DefaultCurve = LibSecp256k1;
 #[cfg(not(feature = "libsecp256k1"))]
 pub type DefaultCurve = K256;
 
+/// Signs digests with one key, recoverably, as Ethereum signs (`r ‖ s ‖ v`, `v` 27 or 28, low
+/// `s`) with k256. Both signers sign with the nonce of RFC 6979, so they make the same signature.
+pub struct K256Signer(k256::ecdsa::SigningKey);
+
+impl K256Signer {
+    pub fn new(key: &k256::ecdsa::SigningKey) -> Self {
+        Self(key.clone())
+    }
+
+    pub fn sign(&self, digest: &[u8; 32]) -> [u8; 65] {
+        let (rs, recovery) = self.0.sign_prehash_recoverable(digest).expect("a 32-byte digest always signs");
+        let mut signature = [0; 65];
+        signature[..64].copy_from_slice(&rs.to_bytes());
+        signature[64] = 27 + recovery.to_byte();
+        signature
+    }
+}
+
+/// [`K256Signer`] with libsecp256k1, about twice as fast.
+#[cfg(feature = "libsecp256k1")]
+pub struct LibSecp256k1Signer {
+    context: secp256k1::Secp256k1<secp256k1::SignOnly>,
+    key: secp256k1::SecretKey,
+}
+
+#[cfg(feature = "libsecp256k1")]
+impl LibSecp256k1Signer {
+    pub fn new(key: &k256::ecdsa::SigningKey) -> Self {
+        let key = secp256k1::SecretKey::from_byte_array(&key.to_bytes().into())
+            .expect("a k256 signing key is a valid secp256k1 secret key");
+        Self { context: secp256k1::Secp256k1::signing_only(), key }
+    }
+
+    pub fn sign(&self, digest: &[u8; 32]) -> [u8; 65] {
+        let message = secp256k1::Message::from_digest(*digest);
+        let (recovery, rs) = self.context.sign_ecdsa_recoverable(&message, &self.key).serialize_compact();
+        let mut signature = [0; 65];
+        signature[..64].copy_from_slice(&rs);
+        signature[64] = 27 + i32::from(recovery) as u8;
+        signature
+    }
+}
+
+/// The signer of the node's receipts, on the same backend as [`DefaultCurve`].
+#[cfg(feature = "libsecp256k1")]
+pub type DefaultSigner = LibSecp256k1Signer;
+#[cfg(not(feature = "libsecp256k1"))]
+pub type DefaultSigner = K256Signer;
+
 #[cfg(all(test, feature = "libsecp256k1"))]
 mod tests {
     use super::*;
@@ -130,6 +179,11 @@ mod tests {
             assert!(!k256.verify(&k_key, &digest, &high) && !lib.verify(&l_key, &digest, &high));
             let flipped = 1 - recovery.to_byte();
             assert!(k256.recover(&digest, &high, flipped).is_none() && lib.recover(&digest, &high, flipped).is_none());
+            let mut signed = [0; 65];
+            signed[..64].copy_from_slice(&rs);
+            signed[64] = 27 + recovery.to_byte();
+            assert_eq!(K256Signer::new(&key).sign(&digest), signed);
+            assert_eq!(LibSecp256k1Signer::new(&key).sign(&digest), signed);
         }
     }
 }

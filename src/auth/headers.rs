@@ -138,11 +138,16 @@ impl<'a> SignedHeaders<'a> {
     }
 }
 
+/// The sha256 of a request body, which its signature covers.
+pub fn body_sha256(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
+}
+
 /// The exact bytes a client signs (before EIP-191 framing): the body's sha256 in lower-case
 /// hex, the timestamp and the nonce, joined by dots.
-pub fn signed_message(body: &[u8], timestamp: &str, nonce: &str) -> Vec<u8> {
+pub fn signed_message(body_sha256: &[u8; 32], timestamp: &str, nonce: &str) -> Vec<u8> {
     let mut hex_buffer = hex::Buffer::<32>::new();
-    let body_hash = hex_buffer.format(&Sha256::digest(body).into());
+    let body_hash = hex_buffer.format(body_sha256);
     let mut message = Vec::with_capacity(body_hash.len() + timestamp.len() + nonce.len() + 2);
     message.extend_from_slice(body_hash.as_bytes());
     message.push(b'.');

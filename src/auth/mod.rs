@@ -15,11 +15,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ethers_core::types::Address;
 use http::HeaderMap;
 
+pub use curve::{CurveVerifier, DefaultCurve, DefaultSigner, K256Signer, K256};
 #[cfg(feature = "libsecp256k1")]
-pub use curve::LibSecp256k1;
-pub use curve::{CurveVerifier, DefaultCurve, K256};
+pub use curve::{LibSecp256k1, LibSecp256k1Signer};
+pub use headers::{body_sha256, SignedHeaders, SigningHeader, SIGNING_HEADERS};
 use headers::{signed_message, X_ADDRESS, X_PUBLIC_KEY, X_SIGNATURE};
-pub use headers::{SignedHeaders, SigningHeader, SIGNING_HEADERS};
 pub use nonce::{NonceOutcome, NonceStore};
 use shared_nonces::SharedOutcome;
 pub use shared_nonces::{RedisServers, SharedNonceStore};
@@ -102,6 +102,18 @@ pub struct Signer {
     pub role: Role,
 }
 
+/// A request whose signature verified: who signed it, and what the signature covers (which a
+/// receipt for the answer repeats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified<'a> {
+    pub signer: Signer,
+    pub body_sha256: [u8; 32],
+    /// `X-Timestamp`, exactly as signed.
+    pub timestamp: &'a str,
+    /// `X-Nonce`, exactly as signed.
+    pub nonce: &'a str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("missing {0} header")]
@@ -179,19 +191,19 @@ impl<V: CurveVerifier> Authenticator<V> {
     }
 
     /// Authenticates a request to a route that needs `role`.
-    pub async fn verify(&self, headers: &HeaderMap, body: &[u8], role: Role) -> Result<Signer, AuthError> {
+    pub async fn verify<'a>(&self, headers: &'a HeaderMap, body: &[u8], role: Role) -> Result<Verified<'a>, AuthError> {
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         self.verify_at(headers, body, role, now_unix).await
     }
 
     /// [`Self::verify`] with the node's clock reading `now_unix`.
-    pub async fn verify_at(
+    pub async fn verify_at<'a>(
         &self,
-        headers: &HeaderMap,
+        headers: &'a HeaderMap,
         body: &[u8],
         role: Role,
         now_unix: i64,
-    ) -> Result<Signer, AuthError> {
+    ) -> Result<Verified<'a>, AuthError> {
         let signed = SignedHeaders::parse(headers)?;
         let skew_secs = signed.timestamp.saturating_sub(now_unix);
         let max_secs = self.max_clock_skew.as_secs();
@@ -231,7 +243,9 @@ impl<V: CurveVerifier> Authenticator<V> {
                 })
             }
         };
-        let digest = ethers_core::utils::hash_message(signed_message(body, signed.timestamp_text, signed.nonce)).0;
+        let body_sha256 = body_sha256(body);
+        let digest =
+            ethers_core::utils::hash_message(signed_message(&body_sha256, signed.timestamp_text, signed.nonce)).0;
         let authentic = match header_key {
             Some(key) => self.curve.verify(&key, &digest, rs),
             None => self.verify_for_address(&address, &digest, rs, recovery),
@@ -244,7 +258,8 @@ impl<V: CurveVerifier> Authenticator<V> {
         // longer than the TTL), and at least for nonceCache.ttl.
         let valid_for = (signed.timestamp + max_secs as i64 - now_unix).max(0) as u64;
         self.record_nonce(address, signed.nonce, self.nonce_ttl.max(Duration::from_secs(valid_for))).await?;
-        Ok(Signer { address, role })
+        let signer = Signer { address, role };
+        Ok(Verified { signer, body_sha256, timestamp: signed.timestamp_text, nonce: signed.nonce })
     }
 
     async fn record_nonce(&self, signer: Address, nonce: &str, keep_for: Duration) -> Result<(), AuthError> {

@@ -5,7 +5,7 @@ use ethers_core::utils::{hash_message, to_checksum};
 use http::{HeaderMap, HeaderValue};
 use k256::ecdsa::SigningKey;
 
-use super::headers::{signed_message, X_ADDRESS, X_NONCE, X_PUBLIC_KEY, X_SIGNATURE, X_TIMESTAMP};
+use super::headers::{body_sha256, signed_message, X_ADDRESS, X_NONCE, X_PUBLIC_KEY, X_SIGNATURE, X_TIMESTAMP};
 
 /// The headers of a request signed by `key`: `X-Address` (or `X-Public-Key` when
 /// `with_public_key`), `X-Timestamp`, `X-Nonce` and `X-Signature` (r ‖ s ‖ v, v = 27/28, hex).
@@ -16,7 +16,7 @@ pub fn sign_request(
     nonce: &str,
     with_public_key: bool,
 ) -> Result<HeaderMap, SigningError> {
-    let digest = hash_message(signed_message(body, &timestamp.to_string(), nonce));
+    let digest = hash_message(signed_message(&body_sha256(body), &timestamp.to_string(), nonce));
     let (signature, recovery) = key.sign_prehash_recoverable(digest.as_bytes())?;
     let mut encoded = signature.to_bytes().to_vec();
     encoded.push(27 + recovery.to_byte());

@@ -76,11 +76,17 @@ fn signed(key: &SigningKey, body: &[u8], timestamp: i64, nonce: &str, with_publi
 }
 
 impl Fixture {
-    fn check(&self, headers: &HeaderMap, body: &[u8], role: Role) -> Result<Signer, AuthError> {
+    fn check<'h>(&self, headers: &'h HeaderMap, body: &[u8], role: Role) -> Result<Verified<'h>, AuthError> {
         self.check_at(headers, body, role, self.now)
     }
 
-    fn check_at(&self, headers: &HeaderMap, body: &[u8], role: Role, now: i64) -> Result<Signer, AuthError> {
+    fn check_at<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        body: &[u8],
+        role: Role,
+        now: i64,
+    ) -> Result<Verified<'h>, AuthError> {
         // The in-memory store answers at once: the future never waits.
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(self.auth.verify_at(headers, body, role, now))
@@ -100,8 +106,13 @@ fn protocol_vector_signed_by_eth_account_is_accepted() {
         ("x-nonce", "abc123".into()),
         ("x-signature", VECTOR_SIGNATURE.into()),
     ]);
-    let signer = f.check_at(&request, VECTOR_BODY, Role::Gateway, VECTOR_TIME + 10).unwrap();
-    assert_eq!(signer.address, crate::config::parse_address(VECTOR_ADDRESS).unwrap());
+    let verified = f.check_at(&request, VECTOR_BODY, Role::Gateway, VECTOR_TIME + 10).unwrap();
+    assert_eq!(verified.signer.address, crate::config::parse_address(VECTOR_ADDRESS).unwrap());
+    // What the signature covers, as a receipt repeats it.
+    assert_eq!(
+        (hex::encode(verified.body_sha256), verified.timestamp, verified.nonce),
+        ("e31948a7ef04e2d71097a6c9c864485f49b3a0d745e4a42d5424c74babef6fe3".into(), "1700000000", "abc123")
+    );
     // Any case of the address, and `0x` on the signature, name the same signer.
     let mut request = request;
     set(&mut request, "x-address", &VECTOR_ADDRESS.to_lowercase());
@@ -116,7 +127,7 @@ fn both_header_generations_are_accepted() {
     let f = fixture();
     for (i, with_public_key) in [false, true].into_iter().enumerate() {
         let request = signed(&f.gateway, b"{}", f.now, &format!("n{i}"), with_public_key);
-        assert_eq!(f.check(&request, b"{}", Role::Gateway).unwrap().address, address_of(&f.gateway));
+        assert_eq!(f.check(&request, b"{}", Role::Gateway).unwrap().signer.address, address_of(&f.gateway));
     }
     // Both at once, agreeing; and a compressed key.
     let mut request = signed(&f.gateway, b"{}", f.now, "n2", true);

@@ -18,8 +18,8 @@ pub use model_backend::{
 };
 pub use node::{
     AuthSettings, ChallengeSettings, Limits, LogFormat, LogSettings, MetricsSettings, NodeConfig, NonceBackend,
-    NonceCacheSettings, OnRedisUnavailable, ProxySettings, PublicIp, RedisSettings, RegistrySettings, RpcSettings,
-    StaticSigners, UsageSettings,
+    NonceCacheSettings, OnRedisUnavailable, ProxySettings, PublicIp, ReceiptSettings, RedisSettings, RegistrySettings,
+    RpcSettings, StaticSigners, UsageSettings,
 };
 pub use server_conf::load_server_conf;
 pub use yaml::{format_duration, parse_address, parse_duration, parse_http_url};

@@ -24,6 +24,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "challenge",
     "metrics",
     "usage",
+    "receipts",
 ];
 
 /// The validated contents of `config.yaml`.
@@ -42,6 +43,7 @@ pub struct NodeConfig {
     pub challenge: ChallengeSettings,
     pub metrics: MetricsSettings,
     pub usage: UsageSettings,
+    pub receipts: ReceiptSettings,
 }
 
 impl NodeConfig {
@@ -77,6 +79,7 @@ impl NodeConfig {
         let challenge: ChallengeSettings = typed(path, "challenge", section("challenge"), &mut errors);
         let metrics: MetricsSettings = typed(path, "metrics", section("metrics"), &mut errors);
         let usage: UsageSettings = typed(path, "usage", section("usage"), &mut errors);
+        let receipts: ReceiptSettings = typed(path, "receipts", section("receipts"), &mut errors);
 
         if node.listen_port == 0 {
             errors.push(ConfigError::new(path, "node.listenPort", "must be a port from 1 to 65535"));
@@ -154,6 +157,13 @@ impl NodeConfig {
         if registry_section.rpc.max_response_bytes == 0 {
             errors.push(ConfigError::new(path, "registry.rpc.maxResponseBytes", "must be at least 1 byte"));
         }
+        if receipts.enabled && node.key_file.is_none() && !errors.touches("node.keyFile") {
+            errors.push(ConfigError::new(
+                path,
+                "receipts.enabled",
+                "needs node.keyFile: receipts are signed with the node's key (`fxn accounts new` writes one)",
+            ));
+        }
         // A key with a type error has its default, which is not what the operator wrote.
         let compare_ttl = !errors.touches("nonceCache.ttl") && !errors.touches("auth.maxClockSkew");
         if compare_ttl && nonce_cache.ttl < auth.max_clock_skew {
@@ -191,6 +201,7 @@ impl NodeConfig {
             challenge,
             metrics,
             usage,
+            receipts,
         })
     }
 }
@@ -555,6 +566,15 @@ pub struct UsageSettings {
     pub request_stream_usage: bool,
 }
 
+/// `receipts`: signed usage receipts on inference answers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ReceiptSettings {
+    /// Sign a receipt of every answered inference request with the node's key, and send it in the
+    /// answer's headers or after its stream.
+    pub enabled: bool,
+}
+
 /// `auth`: how signed requests are checked.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -813,6 +833,18 @@ schedulerAddress: "0x12"
         assert_eq!(config.metrics.listen_address, "0.0.0.0:9464".parse().unwrap());
         let errors = parse("metrics: {listenAddress: \"localhost\"}").unwrap_err();
         assert_eq!(errors.keys(), ["metrics.listenAddress"], "{errors}");
+    }
+
+    #[test]
+    fn receipts_are_off_by_default_and_need_the_node_key() {
+        assert!(!parse("").unwrap().receipts.enabled);
+        let config = parse("node: {keyFile: node_key.json}\nreceipts: {enabled: true}").unwrap();
+        assert!(config.receipts.enabled);
+        let errors = parse("receipts: {enabled: true}").unwrap_err();
+        assert_eq!(errors.keys(), ["receipts.enabled"], "{errors}");
+        assert!(errors.to_string().contains("needs node.keyFile"), "{errors}");
+        let errors = parse("receipts: {enabled: yes please, sign: all}").unwrap_err();
+        assert_eq!(errors.keys(), ["receipts.enabled", "receipts.sign"], "{errors}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod api_error;
 mod body;
 mod model_field;
+mod receipt;
 mod request_id;
 mod response_log;
 mod upstream;
@@ -24,9 +25,11 @@ use pingora::upstreams::peer::HttpPeer;
 pub(crate) use api_error::{ApiError, ErrorCode, Rejected};
 pub use body::model_of;
 pub use model_field::ModelField;
+use receipt::{PendingReceipt, SignedRequest};
 pub(crate) use request_id::RequestId;
 use response_log::{RequestLine, ResponseLog};
 pub use upstream::splice;
+use upstream::Addendum;
 pub(crate) use upstream::{Exchange, ResponseObserver};
 pub use usage::Usage;
 
@@ -34,6 +37,7 @@ use crate::auth::{Authenticator, Role, Signer};
 use crate::challenge::Challenges;
 use crate::config::Limits;
 use crate::metrics::{metrics, InFlight, RequestRecord};
+use crate::receipt::ReceiptSigner;
 use crate::routing::Routes;
 
 /// What a path is, once its method is checked.
@@ -72,6 +76,11 @@ impl Endpoint {
         Ok(endpoint)
     }
 
+    /// The routes forwarded to a model's backend.
+    fn is_inference(self) -> bool {
+        matches!(self, Self::ChatCompletions | Self::Completions | Self::Embeddings)
+    }
+
     pub fn path(self) -> &'static str {
         match self {
             Self::Health => "/health",
@@ -94,6 +103,9 @@ pub(crate) struct RequestCtx {
     exchange: Option<Exchange<ResponseLog>>,
     body_len: usize,
     signer: Option<Signer>,
+    /// What the answer's receipt repeats of the signature, with receipts on, until the
+    /// exchange takes it.
+    signed: Option<SignedRequest>,
     /// The challenge type `/challenge` was asked, once known.
     challenge: Option<&'static str>,
     _in_flight: InFlight,
@@ -114,10 +126,17 @@ pub(crate) struct NodeProxy {
     limits: Limits,
     /// Backend connections for the relay path and the PROXY challenge; pooled like Pingora's own.
     connector: Arc<Connector>,
+    forwarding: Forwarding,
+}
+
+/// How inference requests are forwarded and answered.
+pub(crate) struct Forwarding {
     /// `proxy.maxAttempts`, on both forwarding paths.
-    max_attempts: usize,
+    pub max_attempts: usize,
     /// `usage.requestStreamUsage`.
-    request_stream_usage: bool,
+    pub request_stream_usage: bool,
+    /// With `receipts.enabled`, what signs each answer's receipt.
+    pub receipts: Option<Arc<ReceiptSigner>>,
 }
 
 impl NodeProxy {
@@ -127,10 +146,9 @@ impl NodeProxy {
         challenges: Arc<Challenges>,
         limits: Limits,
         connector: Arc<Connector>,
-        max_attempts: usize,
-        request_stream_usage: bool,
+        forwarding: Forwarding,
     ) -> Self {
-        Self { auth, routes, challenges, limits, connector, max_attempts, request_stream_usage }
+        Self { auth, routes, challenges, limits, connector, forwarding }
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Handled, Rejected> {
@@ -167,7 +185,11 @@ impl NodeProxy {
     async fn authenticate(&self, session: &mut Session, ctx: &mut RequestCtx, role: Role) -> Result<Bytes, Rejected> {
         let body = body::read_whole(session, self.limits.max_body_bytes).await?;
         ctx.body_len = body.len();
-        ctx.signer = Some(self.auth.verify(&session.req_header().headers, &body, role).await?);
+        let verified = self.auth.verify(&session.req_header().headers, &body, role).await?;
+        ctx.signer = Some(verified.signer);
+        if self.forwarding.receipts.is_some() && ctx.endpoint.is_some_and(Endpoint::is_inference) {
+            ctx.signed = Some(SignedRequest::of(&verified));
+        }
         Ok(body)
     }
 
@@ -184,23 +206,38 @@ impl NodeProxy {
         // Logged whether or not it is served.
         ctx.model = Some(model.name.to_string());
         let route = route?;
+        let forwarding = &self.forwarding;
+        let observer = match (&forwarding.receipts, ctx.signed.take()) {
+            (Some(signer), Some(signed)) => ResponseLog::with_receipt(PendingReceipt::new(
+                signer.clone(),
+                signed,
+                (&model.name, &route.entry),
+                model.streams,
+            )),
+            _ => ResponseLog::default(),
+        };
+        // The receipt of an answer that is not streamed goes in its header, which must then wait
+        // for the body's hash: only the relay can hold it, as Pingora's proxy loop sends the
+        // header on as it arrives (and trailers, which could follow the body, go unread by most
+        // HTTP/1.1 clients). A stream's receipt follows its last event, on either path.
+        let held_for_receipt = forwarding.receipts.is_some() && !model.streams;
         let exchange = ctx.exchange.insert(
             Exchange::begin(
                 router,
                 route,
                 session.req_header(),
-                (&body, &model, self.request_stream_usage && endpoint != Endpoint::Embeddings),
-                (ctx.request_id.clone(), self.max_attempts),
-                ResponseLog::default(),
+                (&body, &model, forwarding.request_stream_usage && endpoint != Endpoint::Embeddings),
+                (ctx.request_id.clone(), forwarding.max_attempts),
+                observer,
             )
             .await?,
         );
-        if !session.as_downstream().retry_buffer_truncated() {
+        if !session.as_downstream().retry_buffer_truncated() && !held_for_receipt {
             return Ok(Handled::Forward);
         }
         // Boxed: the relay's state is kilobytes, and inline it would grow every request's
         // `request_filter` future, which is copied into a box on each call, though only
-        // bodies beyond 64 KiB take this path.
+        // bodies beyond 64 KiB (and, with receipts, answers not streamed) take this path.
         Box::pin(exchange.relay(&self.connector, session)).await?;
         Ok(Handled::Answered)
     }
@@ -260,6 +297,7 @@ impl ProxyHttp for NodeProxy {
             exchange: None,
             body_len: 0,
             signer: None,
+            signed: None,
             challenge: None,
             _in_flight: metrics().request_started(),
         }
@@ -327,11 +365,25 @@ impl ProxyHttp for NodeProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let (Some(chunk), Some(exchange)) = (body.as_ref(), ctx.exchange.as_mut()) {
+        let Some(exchange) = ctx.exchange.as_mut() else { return Ok(None) };
+        if let Some(chunk) = body.as_ref() {
             exchange.response_body(chunk);
+        }
+        if !end_of_stream {
+            return Ok(None);
+        }
+        // A stream's receipt is signed once its last byte has been seen, and follows it. Pingora
+        // writes what it read at once only after filtering all of it, so what a backend sent
+        // together with the stream's end (its `[DONE]`, at most) waits for the one signature;
+        // no earlier event does.
+        if let Some(Addendum::Trailing(comment)) = exchange.observer.on_end() {
+            *body = Some(match body.take() {
+                Some(last) if !last.is_empty() => [last, comment].concat().into(),
+                _ => comment,
+            });
         }
         Ok(None)
     }

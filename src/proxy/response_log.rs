@@ -1,6 +1,7 @@
 //! The one log line per request: what the node did with it and what the backend's response was
 //! (its status, the time to its first byte, the body bytes relayed, the tokens it reported and,
 //! for event streams, the events relayed), as text or with each field apart for the JSON log format.
+//! The same observer gathers the answer's receipt, with receipts on, from what it has read.
 
 use std::fmt;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use std::time::Duration;
 use log::kv::{self, Key, Source, Value, VisitSource};
 use pingora::http::ResponseHeader;
 
-use super::upstream::{Exchange, ResponseObserver, SseEventCounter};
+use super::receipt::PendingReceipt;
+use super::upstream::{is_event_stream, Addendum, Exchange, ResponseObserver, SseEventCounter};
 use super::usage::{Framing, Usage, UsageScanner};
 use crate::metrics::{metrics, OpenStream, UpstreamRecord};
 
@@ -21,9 +23,14 @@ pub(crate) struct ResponseLog {
     /// Held while an event stream is relayed, so that it counts as open until the request ends.
     open_stream: Option<OpenStream>,
     usage: Option<UsageScanner>,
+    receipt: Option<PendingReceipt>,
 }
 
 impl ResponseLog {
+    pub(crate) fn with_receipt(receipt: PendingReceipt) -> Self {
+        Self { receipt: Some(receipt), ..Self::default() }
+    }
+
     pub(crate) fn upstream_record<'a>(&self, entry: &'a str) -> UpstreamRecord<'a> {
         UpstreamRecord {
             entry,
@@ -48,12 +55,13 @@ impl ResponseLog {
 impl ResponseObserver for ResponseLog {
     fn on_response(&mut self, response: &ResponseHeader, ttfb: Duration) {
         self.ttfb = Some(ttfb);
-        let content_type = response.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
-        let event_stream =
-            content_type.is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
+        let event_stream = is_event_stream(response);
         self.events = event_stream.then(SseEventCounter::default);
         self.open_stream = event_stream.then(|| metrics().stream_opened());
         self.usage = Some(UsageScanner::new(if event_stream { Framing::EventStream } else { Framing::Json }));
+        if let Some(receipt) = &mut self.receipt {
+            receipt.on_response(response, event_stream);
+        }
     }
 
     fn on_body(&mut self, chunk: &[u8]) {
@@ -64,6 +72,18 @@ impl ResponseObserver for ResponseLog {
         if let Some(usage) = &mut self.usage {
             usage.feed(chunk);
         }
+        if let Some(receipt) = &mut self.receipt {
+            receipt.on_body(chunk);
+        }
+    }
+
+    fn holds_header(&self) -> bool {
+        self.receipt.as_ref().is_some_and(PendingReceipt::holds_header)
+    }
+
+    fn on_end(&mut self) -> Option<Addendum> {
+        let at_event_boundary = self.events.as_ref().is_none_or(SseEventCounter::at_event_boundary);
+        self.receipt.take()?.finish(self.usage(), at_event_boundary)
     }
 }
 

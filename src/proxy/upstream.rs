@@ -26,6 +26,7 @@ use super::model_field::ModelField;
 use super::request_id::{RequestId, X_REQUEST_ID};
 use crate::auth::SigningHeader;
 use crate::metrics::metrics;
+use crate::receipt::{SignedReceipt, RECEIPT_HEADER, SIGNATURE_HEADER};
 use crate::routing::{BackendRoute, InFlight, ModelRoute, Router, RoutingError, Tried};
 
 /// Headers that belong to the caller's connection or credentials, never to the backend (the
@@ -56,6 +57,34 @@ pub(crate) trait ResponseObserver {
     fn on_response(&mut self, response: &ResponseHeader, ttfb: Duration);
     /// A piece of the response body is relayed to the caller.
     fn on_body(&mut self, chunk: &[u8]);
+    /// Whether the caller's response header waits for the end of the body, for
+    /// [`Addendum::Headers`]; asked after [`Self::on_response`] on the relay path, the one that
+    /// can hold it.
+    fn holds_header(&self) -> bool {
+        false
+    }
+    /// The body ended whole: what goes with it.
+    fn on_end(&mut self) -> Option<Addendum> {
+        None
+    }
+}
+
+/// What the node adds to a response once its body has ended whole (`receipts.enabled`).
+pub(crate) enum Addendum {
+    /// The receipt's headers, in a response header held until now.
+    Headers(SignedReceipt),
+    /// Bytes after the body's last (a stream's receipt comment).
+    Trailing(Bytes),
+}
+
+/// The most bytes of an answer held for its receipt's headers: a chat or completion answer is
+/// a few KiB and an embedding's tens; a larger answer is relayed as it comes, without a receipt.
+const HELD_ANSWER_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Whether `response` is a Server-Sent Events stream.
+pub(crate) fn is_event_stream(response: &ResponseHeader) -> bool {
+    let content_type = response.headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
+    content_type.is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"))
 }
 
 /// One request's exchange with the backends of its route.
@@ -292,24 +321,58 @@ impl<O: ResponseObserver> Exchange<O> {
     }
 
     /// Sends the request over connections of the node's own, and relays the response to the
-    /// caller as it comes.
+    /// caller as it comes (or, when the observer holds the header, once the body has ended).
     pub(crate) async fn relay(&mut self, connector: &Connector, session: &mut Session) -> Result<(), Rejected> {
         let request = session.req_header().clone();
-        let (mut upstream, response) = self.open(connector, request).await.map_err(Rejected::Failed)?;
+        let (mut upstream, mut response) = self.open(connector, request).await.map_err(Rejected::Failed)?;
+        let holds_header = self.observer.holds_header();
+        // Dropping `upstream` on any error closes the backend connection, which cancels the
+        // backend's work when the caller has gone.
+        // A failure here reaches `fail_to_proxy`, which ends a stream with its error event.
+        let (held, mut ended) =
+            if holds_header { self.hold(&mut upstream).await.map_err(Rejected::Failed)? } else { (Vec::new(), false) };
+        let addendum = if ended { self.observer.on_end() } else { None };
+        if let Some(Addendum::Headers(receipt)) = addendum {
+            let [encoded, signature] = receipt.header_values();
+            response.insert_header(RECEIPT_HEADER, encoded).map_err(Rejected::Failed)?;
+            response.insert_header(SIGNATURE_HEADER, signature).map_err(Rejected::Failed)?;
+        }
         session.write_response_header(Box::new(response), false).await.map_err(Rejected::Failed)?;
-        loop {
-            // Dropping `upstream` on any error closes the backend connection, which cancels the
-            // backend's work when the caller has gone.
-            // A failure here reaches `fail_to_proxy`, which ends a stream with its error event.
-            let chunk = self.next_body(&mut upstream).await.map_err(Rejected::Failed)?;
-            let end = chunk.is_none();
-            session.write_response_body(chunk, end).await.map_err(Rejected::Failed)?;
-            if end {
-                break;
+        for chunk in held {
+            session.write_response_body(Some(chunk), false).await.map_err(Rejected::Failed)?;
+        }
+        while !ended {
+            match self.next_body(&mut upstream).await.map_err(Rejected::Failed)? {
+                Some(chunk) => session.write_response_body(Some(chunk), false).await.map_err(Rejected::Failed)?,
+                None => ended = true,
             }
         }
+        // A held header that outgrew the hold went out without its receipt.
+        if !holds_header {
+            if let Some(Addendum::Trailing(bytes)) = self.observer.on_end() {
+                session.write_response_body(Some(bytes), false).await.map_err(Rejected::Failed)?;
+            }
+        }
+        session.write_response_body(None, true).await.map_err(Rejected::Failed)?;
         self.release(connector, upstream).await;
         Ok(())
+    }
+
+    /// Reads the body of [`Self::open`]'s connection to its end, or past [`HELD_ANSWER_LIMIT`]:
+    /// its pieces, and whether it ended.
+    async fn hold(&mut self, upstream: &mut HttpSession) -> pingora::Result<(Vec<Bytes>, bool)> {
+        let mut held = Vec::new();
+        let mut len = 0;
+        while len <= HELD_ANSWER_LIMIT {
+            match self.next_body(upstream).await? {
+                Some(chunk) => {
+                    len += chunk.len();
+                    held.push(chunk);
+                }
+                None => return Ok((held, true)),
+            }
+        }
+        Ok((held, false))
     }
 
     /// Sends `request`, rewritten for the backend, over a connection of the node's own and
@@ -468,9 +531,7 @@ const X_SESSION_ID: &str = "x-session-id";
 /// reads why it ends; the connection is then closed mid-body, so that no client takes the stream
 /// for complete. Other bodies are only cut.
 pub(crate) async fn end_stream_with_error(session: &mut Session, error: &Error, request_id: &RequestId) {
-    let streaming = session.response_written().is_some_and(|response| {
-        response.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-    });
+    let streaming = session.response_written().is_some_and(is_event_stream);
     let Some(api_error) = ApiError::from_proxy_error(error).filter(|_| streaming) else { return };
     let mut event = b"data: ".to_vec();
     event.extend_from_slice(&api_error.json_body(request_id));
@@ -509,6 +570,11 @@ pub(crate) struct SseEventCounter {
 }
 
 impl SseEventCounter {
+    /// Whether the bytes so far end between events: no line and no event left open.
+    pub(crate) fn at_event_boundary(&self) -> bool {
+        !self.in_line && !self.pending
+    }
+
     pub(crate) fn feed(&mut self, chunk: &[u8]) {
         for &byte in chunk {
             match byte {
