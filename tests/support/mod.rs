@@ -558,8 +558,9 @@ pub struct RedisServer {
     child: Option<Child>,
     /// The certificate of a server that speaks TLS only.
     tls_cert: Option<PathBuf>,
-    /// A cluster node's state file, or the TLS certificate and key.
-    _dir: Option<tempfile::TempDir>,
+    /// Its working directory, never the tests': where a replica writes the copy it gets of its
+    /// master's data, a cluster node its state, a Sentinel its conf; and TLS files.
+    _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -640,10 +641,13 @@ impl RedisServer {
             [_, "--sentinel", rest @ ..] => (&extra[..2], rest),
             _ => (&[][..], extra),
         };
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let child = Command::new("redis-server")
             .args(leading)
             .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
             .args(options)
             .stdout(Stdio::null())
             .spawn()
