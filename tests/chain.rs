@@ -17,9 +17,10 @@ use support::{
     NodeFiles, TestBackend,
 };
 
-/// The poll interval of the test nodes: every "within one interval" below allows a few.
+/// The poll interval of the test nodes: every "within one interval" below allows many, so that
+/// a machine busy with other builds does not fail a check that only waits for something to happen.
 const POLL: Duration = Duration::from_secs(1);
-const WITHIN: Duration = Duration::from_secs(6);
+const WITHIN: Duration = Duration::from_secs(15);
 
 fn start_node(backend: &TestBackend, rpc: &str, router: Address, more_registry: &str, own: &NodeKey) -> Node {
     let models = format!("models:\n  \"fxn/test-model\":\n    url: \"{}\"\n", backend.url());

@@ -153,3 +153,111 @@ async fn backend_that_never_accepts_is_a_502_after_the_connect_timeout() {
     let lines = node.request_log_lines("/v1/chat/completions", 2);
     assert!(lines.iter().all(|line| line.contains("error=ConnectTimedout")), "{lines:?}");
 }
+
+/// Every fault a backend or a caller can cause, one after another on both forwarding paths,
+/// while a healthy stream runs beside them: each gets a prompt, clear answer, the healthy stream
+/// arrives whole, and the node's open files and memory come back to where they were.
+#[tokio::test]
+async fn faults_leave_the_node_as_it_was_and_other_requests_untouched() {
+    const TEN_MIB: usize = 10 << 20;
+    let backend = TestBackend::start();
+    // Long enough that a busy machine does not cut the healthy stream; short enough for the hangs.
+    let node = Node::start_for(&backend.url(), "proxy:\n  readTimeout: 3s\n");
+    // Warm what is made once: pooled connections, the allocator's arenas, lazily built state.
+    for size in BOTH_PATHS {
+        for stream in [false, true] {
+            assert_eq!(read_to_end(chat_with_fault(&node, "", size, stream).await).await.1, "clean end");
+        }
+    }
+    let (fds_before, rss_before) = (node.open_fds(), node.rss_kib());
+
+    let healthy = gateway_post(&node, "/v1/chat/completions", chat_body(512, true))
+        .header("x-test-chunks", "500")
+        .header("x-test-interval-ms", "60")
+        .send();
+    let healthy = tokio::spawn(async move { read_to_end(healthy.await.expect("request to fxn")).await });
+
+    for size in BOTH_PATHS {
+        for (fault, expected) in [
+            ("malformed", (502, "backend_unavailable")),
+            ("reset", (502, "backend_unavailable")),
+            ("hang", (504, "backend_timeout")),
+        ] {
+            let answered = tokio::time::timeout(Duration::from_secs(10), chat_with_fault(&node, fault, size, false))
+                .await
+                .unwrap_or_else(|_| panic!("size {size}, fault {fault}: no answer within 10 s"));
+            assert_eq!(error_code(answered).await, (expected.0, expected.1.into()), "size {size}, fault {fault}");
+        }
+        for (fault, stream) in [("close", true), ("stall-after-first", true), ("stall-after-first", false)] {
+            let cut = chat_with_fault(&node, fault, size, stream).await;
+            let (received, outcome) = tokio::time::timeout(Duration::from_secs(10), read_to_end(cut))
+                .await
+                .unwrap_or_else(|_| panic!("size {size}, fault {fault}: still open after 10 s"));
+            assert_eq!(outcome, "error", "size {size}, fault {fault}: a cut answer must not look complete");
+            assert!(!received.is_empty(), "size {size}, fault {fault}: the first piece arrives");
+        }
+
+        // A 10 MiB answer arrives whole.
+        let large = gateway_post(&node, "/v1/chat/completions", chat_body(size, false))
+            .header("x-test-response-bytes", TEN_MIB.to_string())
+            .send()
+            .await
+            .expect("request to fxn");
+        assert_eq!(large.status(), 200, "size {size}: {}", node.log());
+        let answer: serde_json::Value = large.json().await.expect("a whole JSON answer");
+        let content = answer["choices"][0]["message"]["content"].as_str().map(str::len);
+        assert_eq!(content, Some(TEN_MIB), "size {size}");
+
+        // An endless stream the caller leaves after a few events: the backend's is cancelled too.
+        let cancelled_before = backend.stats().await["cancelled_streams"].as_u64().unwrap();
+        let mut endless = gateway_post(&node, "/v1/chat/completions", chat_body(size, true))
+            .header("x-test-chunks", u32::MAX.to_string())
+            .header("x-test-interval-ms", "1")
+            .send()
+            .await
+            .expect("request to fxn");
+        for _ in 0..3 {
+            assert!(endless.chunk().await.expect("events of the endless stream").is_some(), "size {size}");
+        }
+        drop(endless);
+        let mut waited = 0;
+        while backend.stats().await["cancelled_streams"].as_u64().unwrap() == cancelled_before {
+            assert!(waited < 100, "size {size}: the backend still streams 10 s after the caller left");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+
+        // A caller that stops reading a large answer: the node holds a bounded part of it, not
+        // the whole, while it waits.
+        let unread = gateway_post(&node, "/v1/chat/completions", chat_body(size, false))
+            .header("x-test-response-bytes", (128 << 20).to_string())
+            .send()
+            .await
+            .expect("request to fxn");
+        assert_eq!(unread.status(), 200, "size {size}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let held_kib = node.rss_kib().saturating_sub(rss_before);
+        assert!(held_kib < 16 << 10, "size {size}: the node grew by {held_kib} KiB for a 128 MiB answer left unread");
+        drop(unread);
+    }
+
+    let (received, outcome) = healthy.await.unwrap();
+    let text = String::from_utf8_lossy(&received);
+    assert_eq!(outcome, "clean end", "the healthy stream beside the faults: {text}");
+    assert!(text.contains("tok499 ") && text.ends_with("data: [DONE]\n\n"), "the healthy stream whole: {text}");
+    assert_eq!(read_to_end(chat_with_fault(&node, "", 512, true).await).await.1, "clean end", "the node serves on");
+
+    // Connections the faults closed are closed on the node's side too; what may remain beside
+    // the warm state is a few more idle pooled backend connections.
+    let mut fds_after = node.open_fds();
+    for _ in 0..50 {
+        if fds_after <= fds_before + 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fds_after = node.open_fds();
+    }
+    assert!(fds_after <= fds_before + 4, "open files {fds_before} before the faults, {fds_after} after");
+    let grown_kib = node.rss_kib().saturating_sub(rss_before);
+    assert!(grown_kib < 16 << 10, "the node kept {grown_kib} KiB after the faults ended");
+}

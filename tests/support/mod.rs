@@ -340,6 +340,18 @@ impl Node {
         self.process.pid()
     }
 
+    /// The file descriptors the node holds open now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).expect("the node's /proc entry").count()
+    }
+
+    /// The node's resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("the node's /proc entry");
+        let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("VmRSS in /proc/PID/status");
+        line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in KiB")
+    }
+
     pub fn log(&self) -> String {
         self.process.log()
     }

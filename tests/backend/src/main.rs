@@ -8,7 +8,10 @@
 //!   the first half of a JSON body sent chunked, then nothing more while the connection stays
 //!   open), `reset` (resets the connection unanswered),
 //!   `reset-if-reused` (the same, but only on a connection that has served a request before: a
-//!   pooled connection the backend dropped just as the node reused it);
+//!   pooled connection the backend dropped just as the node reused it), `malformed` (answers
+//!   bytes that are not HTTP, then closes);
+//! - `x-test-response-bytes`: a chat answer whose content is this many letters, sent chunked in
+//!   pieces of a MiB as the caller takes them;
 //! - `x-test-delay-ms`: wait before the first byte;
 //! - `x-test-chunks`, `x-test-interval-ms`: events per stream and the pause between them;
 //! - `x-test-split-ms`: each event of a stream, and a JSON body, is sent in two pieces this many
@@ -296,6 +299,7 @@ impl Backend {
         let fail_status = u16::try_from(self.controls.fail_status.load(Ordering::Relaxed)).ok();
         let fail_status = fail_status.and_then(|code| StatusCode::from_u16(code).ok());
         let chunks = header_value(&request, "x-test-chunks").unwrap_or(self.args.chunks);
+        let response_bytes: Option<usize> = header_value(&request, "x-test-response-bytes");
         let interval =
             Duration::from_millis(header_value(&request, "x-test-interval-ms").unwrap_or(self.args.interval_ms));
         let split = header_value(&request, "x-test-split-ms").map(Duration::from_millis);
@@ -318,17 +322,19 @@ impl Backend {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let model = json["model"].as_str().unwrap_or("unknown").to_string();
 
-        let reset = match fault.as_deref() {
+        let (reset, garbage): (bool, &[u8]) = match fault.as_deref() {
             Some("hang") => std::future::pending().await,
-            Some("reset") => true,
-            Some("reset-if-reused") => reused,
-            _ => false,
+            Some("reset") => (true, b""),
+            Some("reset-if-reused") => (reused, b""),
+            Some("malformed") => (true, b"this is not HTTP\r\n\r\n"),
+            _ => (false, b""),
         };
         if reset {
             // SO_LINGER 0 makes the close that follows a reset; the fd is alive while its
             // connection is being served.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
             let socket = socket2::SockRef::from(&fd);
+            let _ = socket.send(garbage);
             let _ = socket.set_linger(Some(Duration::ZERO));
             let _ = socket.shutdown(std::net::Shutdown::Both);
             std::future::pending::<()>().await;
@@ -343,6 +349,8 @@ impl Backend {
             status(code, "injected by POST /control")
         } else if fault.as_deref() == Some("status-500") {
             status(StatusCode::INTERNAL_SERVER_ERROR, "injected backend failure")
+        } else if let Some(bytes) = response_bytes.filter(|_| path.ends_with("/chat/completions")) {
+            padded_chat_answer(&model, bytes)
         } else if json["stream"].as_bool() == Some(true) && !path.ends_with("/embeddings") {
             let usage = (json["stream_options"]["include_usage"].as_bool() == Some(true)).then(|| prompt_words(&json));
             self.stream(StreamShape { model, chunks, interval, split, usage }, cut)
@@ -478,6 +486,30 @@ struct StreamShape {
     split: Option<Duration>,
     /// The prompt's tokens, when the caller asked for a usage chunk.
     usage: Option<u64>,
+}
+
+/// A chat answer whose content is `bytes` letters, sent chunked in pieces of a MiB as fast as the
+/// caller takes them: its header leaves at once, and it is never whole in memory.
+fn padded_chat_answer(model: &str, bytes: usize) -> Response<Body> {
+    const PIECE: usize = 1 << 20;
+    let model = serde_json::Value::from(model);
+    let head = format!(
+        r#"{{"id":"chatcmpl-test","object":"chat.completion","model":{model},"choices":[{{"index":0,"message":{{"role":"assistant","content":""#
+    );
+    let (mut sender, body) = fed_body(None);
+    tokio::spawn(async move {
+        let piece = Bytes::from(vec![b'x'; PIECE]);
+        let pieces = (0..bytes).step_by(PIECE).map(|at| piece.slice(..PIECE.min(bytes - at)));
+        let tail = Bytes::from_static(br#""},"finish_reason":"stop"}]}"#);
+        for frame in std::iter::once(Bytes::from(head)).chain(pieces).chain(std::iter::once(tail)) {
+            if sender.send(Frame::data(frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(body);
+    response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+    response
 }
 
 /// The prompt's whitespace-separated words: of `prompt`, or of every message's string `content`.
