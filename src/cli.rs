@@ -1,6 +1,7 @@
-//! The `fxn` command line: `fxn start`, `fxn reload`, `fxn config check`, `fxn accounts`, `fxn sign`,
-//! `fxn receipt verify`.
+//! The `fxn` command line: `fxn init`, `fxn start`, `fxn reload`, `fxn config check`, `fxn accounts`,
+//! `fxn sign`, `fxn receipt verify`.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,10 +10,14 @@ use ethers_core::utils::to_checksum;
 use pingora::server::configuration::Opt;
 
 use crate::config::{self, ConfigPaths, LogFormat, LogSettings, Settings};
+use crate::init::{InitOptions, Outcome};
 use crate::keys::NodeKey;
 
+/// What `--version` prints after the name: the release and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FXN_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "fxn", version, about = "Function Network provider node", propagate_version = true)]
+#[command(name = "fxn", version = VERSION, about = "Function Network provider node", propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +25,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a new node's files (config.yaml, model_backend.yaml, conf/fxn.yaml) and a fresh key
+    /// in one directory, keeping any that exist, and print the address to register.
+    Init(InitArgs),
     /// Run the node.
     Start(StartArgs),
     /// Check model_backend.yaml, then have the running node (found by the server conf's
@@ -49,6 +57,22 @@ enum Command {
         #[command(subcommand)]
         command: ReceiptCommand,
     },
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Where to write them; `fxn start` run there reads them without flags.
+    #[arg(long, value_name = "PATH", default_value = ".")]
+    dir: PathBuf,
+    /// Where the node and its metrics listen: 0.0.0.0 in a container, so that its published ports reach them.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    listen_address: IpAddr,
+    /// The OpenAI-compatible server every model is sent to (vLLM's port; Ollama's is 11434).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8000")]
+    backend_url: String,
+    /// Write no key (an image's files: each container's key is made in its own volume).
+    #[arg(long)]
+    no_key: bool,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +194,7 @@ struct CheckArgs {
 
 pub fn run() -> ExitCode {
     match Cli::parse().command {
+        Command::Init(args) => init(args),
         Command::Start(args) => start(args),
         Command::Reload(args) => reload(&args),
         Command::Config { command: ConfigCommand::Check(args) } => check(args),
@@ -184,6 +209,55 @@ pub fn run() -> ExitCode {
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("fxn: {message}");
     ExitCode::FAILURE
+}
+
+fn init(args: InitArgs) -> ExitCode {
+    let options = InitOptions {
+        dir: args.dir,
+        listen_address: args.listen_address,
+        backend_url: args.backend_url,
+        write_key: !args.no_key,
+    };
+    let done = match crate::init::init(&options) {
+        Ok(done) => done,
+        Err(e) => return fail(e),
+    };
+    let named = |outcome| {
+        let names: Vec<&str> = done.files.iter().filter(|(_, o)| *o == outcome).map(|(name, _)| *name).collect();
+        names.join(", ")
+    };
+    let (written, kept) = (named(Outcome::Written), named(Outcome::Kept));
+    let dir = done.dir.display();
+    if written.is_empty() {
+        println!("nothing changed: {dir} has {kept} already");
+    } else {
+        println!("wrote {written} in {dir}");
+        if !kept.is_empty() {
+            println!("kept as they were: {kept}");
+        }
+    }
+    match &done.address {
+        Some(address) => println!("\nnode address: {address}\n  register it with the network as this node's provider address"),
+        None => println!(
+            "\nno key written: create it where config.yaml's node.keyFile names it, with `fxn init` or `fxn accounts new`"
+        ),
+    }
+    println!(
+        "\nnext:\n  1. list your gateways and scheduler (or rpcProvider) in config.yaml, and your models in model_backend.yaml\n  \
+         2. cd {} && fxn config check && fxn start",
+        shell_quoted(&dir.to_string())
+    );
+    ExitCode::SUCCESS
+}
+
+/// `text` as one shell word, for a command the operator copies.
+fn shell_quoted(text: &str) -> String {
+    let plain = text.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b));
+    if plain && !text.is_empty() {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 fn accounts_new(out: &Path, force: bool) -> ExitCode {

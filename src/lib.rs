@@ -5,6 +5,7 @@ pub mod auth;
 pub mod challenge;
 pub mod cli;
 pub mod config;
+mod init;
 pub mod keys;
 pub mod metrics;
 pub mod proxy;

@@ -3,6 +3,7 @@
 mod support;
 
 use std::path::Path;
+use std::process::Command;
 
 use support::*;
 
@@ -165,8 +166,18 @@ fn start_with_pingora_test_flag_validates_and_exits() {
 #[test]
 fn version_and_help_everywhere() {
     let here = Path::new(".");
-    let (code, stdout, _) = run_fxn(&["--version"], here);
-    assert_eq!((code, stdout.trim()), (0, format!("fxn {}", env!("CARGO_PKG_VERSION")).as_str()));
+    // The commit is git's HEAD, as build.rs asks it (FXN_COMMIT where there is no .git).
+    let head = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok();
+    let commit = match head.filter(|o| o.status.success()) {
+        Some(output) => String::from_utf8(output.stdout).unwrap().trim().to_string(),
+        None => env!("FXN_COMMIT").to_string(),
+    };
+    let version = format!("{} (commit {commit})", env!("CARGO_PKG_VERSION"));
+    // A subcommand names itself (`fxn-start 0.1.0 …`).
+    for (args, name) in [(&["--version"][..], "fxn"), (&["start", "--version"], "fxn-start")] {
+        let (code, stdout, _) = run_fxn(args, here);
+        assert_eq!((code, stdout.trim()), (0, format!("{name} {version}").as_str()), "{args:?}");
+    }
     for args in [&["start", "--help"][..], &["config", "check", "--help"], &["config", "check", "--version"]] {
         let (code, stdout, _) = run_fxn(args, here);
         assert_eq!(code, 0, "{args:?}");

@@ -204,7 +204,7 @@ impl NodeFiles {
 }
 
 /// Whether a node at `addr` answers `GET /health`.
-fn answers_health(addr: SocketAddr) -> bool {
+pub fn answers_health(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
