@@ -50,6 +50,7 @@ pub struct Metrics {
     backend_failures: IntCounterVec,
     backend_ejections: IntCounterVec,
     failovers: IntCounterVec,
+    connections_cut: IntCounterVec,
 }
 
 /// `metrics.enabled: false` turns every recording into a no-op (the listener is not started).
@@ -185,6 +186,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Requests sent again to another backend of their model entry after a failure before any byte reached the caller.",
             &["entry"]
         )),
+        connections_cut: registered(register_int_counter_vec!(
+            "fxn_connections_cut_total",
+            "Callers' connections the node closed for a limit, by limit (`max_connections`: over limits.maxConnections, closed as accepted; `header_timeout`: a request header that took longer than limits.headerReadTimeout).",
+            &["limit"]
+        )),
     }
 });
 
@@ -296,6 +302,13 @@ impl Metrics {
     pub fn failed_over(&self, entry: &str) {
         if enabled() {
             self.failovers.with_label_values(&[entry]).inc();
+        }
+    }
+
+    /// `limit` is one of a fixed set: `max_connections`, `header_timeout`.
+    pub fn connection_cut(&self, limit: &'static str) {
+        if enabled() {
+            self.connections_cut.with_label_values(&[limit]).inc();
         }
     }
 

@@ -17,13 +17,14 @@ use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_S
 use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::auth::{Authenticator, DefaultCurve, NonceStore, RedisServers, SharedNonceStore};
 use crate::challenge::{poll_gpus_into_metrics, Challenges, ModelProbe};
 use crate::config::{NonceBackend, NonceCacheSettings, OnRedisUnavailable, RegistrySettings, Settings};
 use crate::keys::publicly_known;
 use crate::keys::NodeKey;
-use crate::proxy::{Forwarding, NodeProxy};
+use crate::proxy::{CallerConnections, Forwarding, NodeProxy};
 use crate::receipt::ReceiptSigner;
 use crate::registry::{ChainReader, ChainRegistries, Directory, RegistryRefresher, StaticRegistry};
 use crate::routing::{HealthChecker, RouteReloader, Router, Routes, CHECK_ROUND};
@@ -112,7 +113,8 @@ pub fn run(settings: Settings, model_backend: PathBuf, node_key: Option<NodeKey>
         receipts: node_key.as_ref().filter(|_| node.receipts.enabled).map(|key| Arc::new(ReceiptSigner::new(key))),
     };
     let proxy = NodeProxy::new(auth, routes, challenges, node.limits.clone(), connector, forwarding);
-    let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "fxn proxy");
+    let app = CallerConnections::new(pingora::proxy::http_proxy(&conf, proxy), &node.limits);
+    let mut service = Service::new("fxn proxy".to_string(), app);
     service.add_listener(ListenerConfig::tcp(node.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     pingora_server.add_service(service);
     log::info!(

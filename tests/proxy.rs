@@ -372,70 +372,39 @@ async fn chunked_upload_is_forwarded_whole_with_a_content_length() {
     }
 }
 
-/// One HTTP/1.1 exchange on a raw connection: the response's status line and whether the node
-/// closed the connection after it.
-fn exchange_raw(stream: &mut std::net::TcpStream, request: &[u8]) -> (String, bool) {
-    use std::io::{Read, Write};
-    stream.write_all(request).unwrap();
-    let mut received = Vec::new();
-    let mut buffer = [0; 4096];
-    let (head_end, body_len) = loop {
-        let read = stream.read(&mut buffer).unwrap();
-        assert!(read > 0, "connection closed before a response: {}", String::from_utf8_lossy(&received));
-        received.extend_from_slice(&buffer[..read]);
-        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
-            let length =
-                head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap());
-            break (end + 4, length.unwrap_or(0));
-        }
-    };
-    while received.len() < head_end + body_len {
-        let read = stream.read(&mut buffer).unwrap();
-        assert!(read > 0, "connection closed mid-body");
-        received.extend_from_slice(&buffer[..read]);
-    }
-    let status = String::from_utf8_lossy(&received[..received.iter().position(|&b| b == b'\r').unwrap()]).into_owned();
-    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let closed = matches!(stream.read(&mut buffer), Ok(0));
-    stream.set_read_timeout(None).unwrap();
-    (status, closed)
+/// One HTTP/1.1 exchange on a raw connection: the response's status and whether the node closed
+/// the connection after it.
+fn exchange_raw(connection: &mut RawConnection, request: &[u8]) -> (u16, bool) {
+    connection.send(request).unwrap();
+    let response = connection.response().expect("a response");
+    (response.status, connection.closes_within(Duration::from_millis(500)))
 }
 
 #[test]
 fn callers_connection_stays_open_after_a_refusal_and_closes_after_a_413_or_a_backend_failure() {
     let node = Node::start_for("http://127.0.0.1:9", "limits:\n  maxBodyBytes: 100000\n");
-    let mut stream = std::net::TcpStream::connect(node.addr).unwrap();
+    let mut connection = RawConnection::open(node.addr);
     let unsigned = b"POST /v1/completions HTTP/1.1\r\nHost: n\r\nContent-Length: 2\r\n\r\n{}";
     for (request, status) in [
-        (&b"GET /nowhere HTTP/1.1\r\nHost: n\r\n\r\n"[..], "HTTP/1.1 404"),
-        (&unsigned[..], "HTTP/1.1 401"),
-        (&b"GET /health HTTP/1.1\r\nHost: n\r\n\r\n"[..], "HTTP/1.1 200"),
+        (&b"GET /nowhere HTTP/1.1\r\nHost: n\r\n\r\n"[..], 404),
+        (&unsigned[..], 401),
+        (&b"GET /health HTTP/1.1\r\nHost: n\r\n\r\n"[..], 200),
     ] {
-        let (answered, closed) = exchange_raw(&mut stream, request);
-        assert!(answered.starts_with(status), "{answered}");
+        let (answered, closed) = exchange_raw(&mut connection, request);
+        assert_eq!(answered, status);
         assert!(!closed, "the node closed the connection after {answered}");
     }
     // A backend failure closes the connection after its answer, alike on both paths.
     for size in BOTH_PATHS {
-        let body = chat_body(size, false);
-        let signed =
-            fxn_node::auth::sign_request(&gateway_key().signing_key, &body, now_unix(), &format!("raw{size}"), false)
-                .unwrap();
-        let mut request = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: n\r\nContent-Length: {size}\r\n");
-        for (name, value) in &signed {
-            request.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
-        }
-        let mut request = format!("{request}\r\n").into_bytes();
-        request.extend_from_slice(&body);
-        let (answered, closed) = exchange_raw(&mut stream, &request);
-        assert!(answered.starts_with("HTTP/1.1 502"), "size {size}: {answered}");
+        let request = signed_raw_request("/v1/chat/completions", &chat_body(size, false));
+        let (answered, closed) = exchange_raw(&mut connection, &request);
+        assert_eq!(answered, 502, "size {size}");
         assert!(closed, "size {size}: the connection stayed open after a backend failure");
-        stream = std::net::TcpStream::connect(node.addr).unwrap();
+        connection = RawConnection::open(node.addr);
     }
     let too_large = b"POST /v1/completions HTTP/1.1\r\nHost: n\r\nContent-Length: 200000\r\n\r\n{\"model\":";
-    let (answered, closed) = exchange_raw(&mut stream, too_large);
-    assert!(answered.starts_with("HTTP/1.1 413"), "{answered}");
+    let (answered, closed) = exchange_raw(&mut connection, too_large);
+    assert_eq!(answered, 413);
     assert!(closed, "the unread body would be taken for the next request");
 }
 
@@ -469,9 +438,9 @@ fn node_whose_port_was_taken_before_it_bound_starts_on_another() {
     let taken = std::net::TcpListener::bind(("127.0.0.1", files.port)).unwrap();
     let node = Node::start(files);
     assert_ne!(node.addr, taken.local_addr().unwrap());
-    let mut stream = std::net::TcpStream::connect(node.addr).unwrap();
-    let (answered, _) = exchange_raw(&mut stream, b"GET /health HTTP/1.1\r\nHost: n\r\n\r\n");
-    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    let mut connection = RawConnection::open(node.addr);
+    let (answered, _) = exchange_raw(&mut connection, b"GET /health HTTP/1.1\r\nHost: n\r\n\r\n");
+    assert_eq!(answered, 200);
 }
 
 /// Whether `id` is one the node made (32 hex digits).

@@ -100,6 +100,27 @@ impl NodeConfig {
         if limits.max_body_bytes == 0 {
             errors.push(ConfigError::new(path, "limits.maxBodyBytes", "must be at least 1 byte"));
         }
+        if !(1..=PINGORA_MAX_HEADER_BYTES).contains(&limits.max_header_bytes) {
+            errors.push(ConfigError::new(
+                path,
+                "limits.maxHeaderBytes",
+                format!("must be from 1 to {PINGORA_MAX_HEADER_BYTES} (Pingora refuses larger headers itself)"),
+            ));
+        }
+        if !(1..=PINGORA_MAX_HEADER_COUNT).contains(&limits.max_header_count) {
+            errors.push(ConfigError::new(
+                path,
+                "limits.maxHeaderCount",
+                format!("must be from 1 to {PINGORA_MAX_HEADER_COUNT} (Pingora refuses more headers itself)"),
+            ));
+        }
+        if limits.max_connections == 0 {
+            errors.push(ConfigError::new(
+                path,
+                "limits.maxConnections",
+                "must be at least 1: with none, every connection is closed",
+            ));
+        }
         if nonce_cache.max_entries == 0 {
             errors.push(ConfigError::new(path, "nonceCache.maxEntries", "must be at least 1"));
         }
@@ -488,16 +509,54 @@ impl Default for ProxySettings {
     }
 }
 
-/// `limits`: bounds on what a caller may send.
+/// Pingora's own bounds on a request header (`pingora-core`'s `MAX_HEADER_SIZE` and
+/// `MAX_HEADERS`): past them it answers a bare `400` before the node sees the request, so the
+/// node's limits must stay within them to be the ones that answer.
+const PINGORA_MAX_HEADER_BYTES: usize = 1_048_575;
+const PINGORA_MAX_HEADER_COUNT: usize = 256;
+
+/// `limits`: bounds on what a caller may send, and on how long and how many of its connections
+/// the node holds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// The request line and headers, in bytes as received.
+    pub max_header_bytes: usize,
+    /// Header lines (a name sent twice counts twice).
+    pub max_header_count: usize,
+    /// From a connection's first byte (or its opening) to the end of the request header.
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub header_read_timeout: Duration,
+    /// From the end of the request header to the body's last byte.
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub body_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request; Pingora counts it in
+    /// whole seconds, so it is rounded up to one.
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub idle_timeout: Duration,
+    /// Callers' connections open at once; more are closed as they are accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 32 * 1024 * 1024 }
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_header_count: 100,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// `idleTimeout` in the whole seconds Pingora's keep-alive takes (at least 1: 0 means forever).
+    pub fn idle_timeout_secs(&self) -> u64 {
+        self.idle_timeout.as_secs() + u64::from(self.idle_timeout.subsec_nanos() > 0)
     }
 }
 
@@ -603,6 +662,9 @@ mod tests {
         let config = parse("").unwrap();
         assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.limits.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(config.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.idle_timeout_secs(), 60);
+        assert_eq!(parse("limits: {idleTimeout: 1500ms}").unwrap().limits.idle_timeout_secs(), 2);
         assert_eq!(config.proxy.read_timeout, Duration::from_secs(300));
         assert_eq!(config.nonce_cache.max_entries, 1_000_000);
     }
@@ -641,7 +703,7 @@ proxy: {maxIdleConns: 100, idleConnTimeout: "90s"}
 colour: blue
 node: {listenPort: 0}
 proxy: {readTimeout: "soon"}
-limits: {maxBodyBytes: 0}
+limits: {maxBodyBytes: 0, maxHeaderBytes: 2000000, maxHeaderCount: 0, maxConnections: 0, idleTimeout: 0s}
 registry: {gateway: {pollInterval: "0s"}}
 schedulerAddress: "0x12"
 "#,
@@ -653,6 +715,10 @@ schedulerAddress: "0x12"
             "node.listenPort",
             "proxy.readTimeout",
             "limits.maxBodyBytes",
+            "limits.maxHeaderBytes",
+            "limits.maxHeaderCount",
+            "limits.maxConnections",
+            "limits.idleTimeout",
             "registry.gateway.pollInterval",
             "schedulerAddress",
         ] {

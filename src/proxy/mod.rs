@@ -4,6 +4,8 @@
 
 mod api_error;
 mod body;
+mod connection;
+mod limits;
 mod model_field;
 mod receipt;
 mod request_id;
@@ -24,6 +26,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 pub(crate) use api_error::{ApiError, ErrorCode, Rejected};
 pub use body::model_of;
+pub(crate) use connection::CallerConnections;
 pub use model_field::ModelField;
 use receipt::{PendingReceipt, SignedRequest};
 pub(crate) use request_id::RequestId;
@@ -152,6 +155,8 @@ impl NodeProxy {
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Handled, Rejected> {
+        let head_bytes = session.as_downstream().to_h1_raw().len();
+        limits::check_head(session.req_header(), head_bytes, &self.limits)?;
         let endpoint = Endpoint::classify(&session.req_header().method, session.req_header().uri.path())?;
         ctx.endpoint = Some(endpoint);
         match endpoint {
@@ -183,7 +188,7 @@ impl NodeProxy {
     /// Reads the body and checks that a signer in `role` signed it; nothing else runs for a
     /// request that fails here.
     async fn authenticate(&self, session: &mut Session, ctx: &mut RequestCtx, role: Role) -> Result<Bytes, Rejected> {
-        let body = body::read_whole(session, self.limits.max_body_bytes).await?;
+        let body = body::read_whole(session, &self.limits).await?;
         ctx.body_len = body.len();
         let verified = self.auth.verify(&session.req_header().headers, &body, role).await?;
         ctx.signer = Some(verified.signer);
@@ -301,6 +306,11 @@ impl ProxyHttp for NodeProxy {
             challenge: None,
             _in_flight: metrics().request_started(),
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+        connection::request_began(session, &self.limits);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -439,6 +449,7 @@ impl ProxyHttp for NodeProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        connection::request_ended(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let Some(exchange) = ctx.exchange.as_mut() {
             exchange.observer.end_stream();

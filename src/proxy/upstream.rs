@@ -44,8 +44,10 @@ const STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "te",
     "trailer",
     "upgrade",
-    // The body is forwarded whole, framed by Content-Length.
+    // The body is forwarded whole, framed by Content-Length, and the node answered any
+    // `Expect: 100-continue` itself before reading it.
     "transfer-encoding",
+    "expect",
 ];
 
 /// What `usage.requestStreamUsage` adds to a streamed request's top level.

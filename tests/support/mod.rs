@@ -788,3 +788,154 @@ impl UnansweredListener {
         Self { addr, _listener: listener, _queued: queued }
     }
 }
+
+/// A caller's connection to the node, written and read as raw bytes, for what HTTP clients
+/// will not send.
+pub struct RawConnection {
+    pub stream: std::net::TcpStream,
+    /// Bytes read and not yet taken as a response.
+    received: Vec<u8>,
+}
+
+/// One response read off a [`RawConnection`].
+pub struct RawResponse {
+    pub status: u16,
+    /// The status line and headers, lower-cased.
+    pub head: String,
+    /// The body as sent (a chunked one with its framing).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{name}:");
+        self.head.lines().find_map(|line| line.strip_prefix(&prefix)).map(str::trim)
+    }
+
+    /// The `code` of one of the node's OpenAI-shaped errors.
+    pub fn error_code(&self) -> String {
+        let body: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not a JSON error: {}\n{}", self.head, String::from_utf8_lossy(&self.body)));
+        body["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+impl RawConnection {
+    pub fn open(addr: SocketAddr) -> Self {
+        Self::on(std::net::TcpStream::connect(addr).unwrap())
+    }
+
+    /// On a connection already open (a clone of another's, to write from a thread of its own).
+    pub fn on(stream: std::net::TcpStream) -> Self {
+        // A test that waits longer than this for the node is stuck.
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Self { stream, received: Vec::new() }
+    }
+
+    /// Writes `bytes`; an error means the node closed the connection.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads more; `false` when the node closed (or reset) the connection.
+    fn read_more(&mut self) -> bool {
+        use std::io::Read;
+        let mut buffer = [0; 16384];
+        match self.stream.read(&mut buffer) {
+            Ok(0) => false,
+            Ok(read) => {
+                self.received.extend_from_slice(&buffer[..read]);
+                true
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("the node sent nothing for 30 s")
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The next response, or `None` when the node closes the connection before one is whole.
+    pub fn response(&mut self) -> Option<RawResponse> {
+        let head_end = loop {
+            if let Some(end) = self.received.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            if !self.read_more() {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.received[..head_end]).to_ascii_lowercase();
+        let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line: {head}"));
+        let mut response = RawResponse { status, head, body: Vec::new() };
+        let body_end = if response.header("transfer-encoding") == Some("chunked") {
+            loop {
+                if let Some(end) = self.received[head_end..].windows(5).position(|w| w == b"0\r\n\r\n") {
+                    break head_end + end + 5;
+                }
+                if !self.read_more() {
+                    return None;
+                }
+            }
+        } else {
+            let length: usize = response.header("content-length").map_or(0, |v| v.parse().unwrap());
+            while self.received.len() < head_end + length {
+                if !self.read_more() {
+                    return None;
+                }
+            }
+            head_end + length
+        };
+        response.body = self.received[head_end..body_end].to_vec();
+        self.received.drain(..body_end);
+        Some(response)
+    }
+
+    /// Whether the node closes the connection within `within`, reading and dropping anything
+    /// it sends meanwhile.
+    pub fn closes_within(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let closed = loop {
+            use std::io::Read;
+            let mut buffer = [0; 4096];
+            match self.stream.read(&mut buffer) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    break false
+                }
+                Err(_) => break true,
+            }
+        };
+        self.stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        closed
+    }
+}
+
+/// The signing headers of `body` by the trusted gateway, as header lines ending in CRLF.
+pub fn signing_lines(body: &[u8]) -> String {
+    let nonce = format!("{:016x}", rand::random::<u64>());
+    let headers = fxn_node::auth::sign_request(&gateway_key().signing_key, body, now_unix(), &nonce, false).unwrap();
+    headers.iter().map(|(name, value)| format!("{name}: {}\r\n", value.to_str().unwrap())).collect()
+}
+
+/// A signed request for `path` with `body`, framed by its `Content-Length`.
+pub fn signed_raw_request(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut request =
+        format!("POST {path} HTTP/1.1\r\nHost: n\r\nContent-Length: {}\r\n{}\r\n", body.len(), signing_lines(body))
+            .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// `body` in chunks of `size` bytes, with the last chunk.
+pub fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+    let mut framed = Vec::new();
+    for piece in body.chunks(size) {
+        framed.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        framed.extend_from_slice(piece);
+        framed.extend_from_slice(b"\r\n");
+    }
+    framed.extend_from_slice(b"0\r\n\r\n");
+    framed
+}
