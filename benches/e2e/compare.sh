@@ -17,6 +17,12 @@
 # FXN_BIN_<NAME> is the `fxn` binary of variant NAME (its name as written: letters, digits, _),
 # by default this tree's; the backend and the load generator stay this tree's, so two commits
 # are compared on the same load, side by side (the older one must read the variant's config).
+# BENCH_INSTRUCTIONS=1 counts instead the instructions each node executes per request, under
+# callgrind (repeatable to a few instructions whatever else the machine does, unlike CPU time):
+# one connection sends signed requests back to back for BENCH_DURATION_S, with counting on only
+# for that window, divided by the requests the node's own fxn_requests_total counted in it. Its
+# callgrind.out files are kept in BENCH_CALLGRIND_DIR (default /tmp/fxn-callgrind) for
+# callgrind_annotate, which shows where two variants differ.
 # Examples, the costs of metrics and of eight backends, of receipts, and a commit against this tree:
 #   bash benches/e2e/compare.sh on=1 off=1:'metrics: {enabled: false}' eight=8
 #   bash benches/e2e/compare.sh off=1 on=1:'receipts: {enabled: true}'
@@ -49,7 +55,9 @@ for _ in $(seq 50); do grep -q listening "$WORK/backend.out" && break; sleep 0.1
 BACKEND=$(sed -n 's/^listening on //p' "$WORK/backend.out")
 SIGNER=$("$BIN/fxn-load" signer-address)
 
-declare -A PID PORT
+declare -A PID PORT METRICS_PORT
+CALLGRIND_DIR=${BENCH_CALLGRIND_DIR:-/tmp/fxn-callgrind}
+[[ ${BENCH_INSTRUCTIONS:-0} == 1 ]] && mkdir -p "$CALLGRIND_DIR"
 NAMES=()
 for variant in "$@"; do
     name=${variant%%=*}
@@ -67,8 +75,8 @@ for variant in "$@"; do
     PORT[$name]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     # Each node's metrics on a port of its own, unless the variant sets `metrics` itself.
     if [[ $extra != *metrics:* ]]; then
-        metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        extra="metrics: {listenAddress: \"127.0.0.1:$metrics_port\"}"$'\n'"$extra"
+        METRICS_PORT[$name]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        extra="metrics: {listenAddress: \"127.0.0.1:${METRICS_PORT[$name]}\"}"$'\n'"$extra"
     fi
     # A key of its own, so that a variant may turn on what needs one (receipts).
     "$BIN/fxn" accounts new --out "$dir/node_key.json" >/dev/null 2>&1
@@ -84,13 +92,47 @@ for variant in "$@"; do
     fi
     printf 'version: 1\nthreads: 1\npid_file: %s/fxn.pid\nupgrade_sock: %s/upgrade.sock\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' \
         "$dir" "$dir" >"$dir/fxn.yaml"
-    taskset -c 1 "$fxn_bin" start --config "$dir/config.yaml" --model-backend "$dir/model_backend.yaml" \
+    under=(taskset -c 1)
+    [[ ${BENCH_INSTRUCTIONS:-0} == 1 ]] &&
+        under+=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$CALLGRIND_DIR/$name.callgrind.out")
+    "${under[@]}" "$fxn_bin" start --config "$dir/config.yaml" --model-backend "$dir/model_backend.yaml" \
         -c "$dir/fxn.yaml" >"$dir/fxn.log" 2>&1 &
     PID[$name]=$!
     PIDS+=("$!")
     NAMES+=("$name")
 done
 sleep 2
+
+if [[ ${BENCH_INSTRUCTIONS:-0} == 1 ]]; then
+    requests_counted() {
+        curl -s "http://127.0.0.1:${METRICS_PORT[$1]}/metrics" |
+            awk '/^fxn_requests_total[{ ]/ { sum += $NF } END { printf "%d\n", sum }'
+    }
+    # Under callgrind a node starts in seconds, not milliseconds.
+    for name in "${NAMES[@]}"; do
+        for _ in $(seq 100); do curl -sf "http://127.0.0.1:${PORT[$name]}/health" >/dev/null && break; sleep 0.3; done
+    done
+    echo "| variant | requests counted | instructions per request |"
+    echo "| --- | --- | --- |"
+    for name in "${NAMES[@]}"; do
+        [[ -n ${METRICS_PORT[$name]:-} ]] || { echo "$name: its config sets metrics itself; not counted" >&2; continue; }
+        # Warm the connection pools and caches before counting.
+        taskset -c 0 "$BIN/fxn-load" closed --target "127.0.0.1:${PORT[$name]}" --auth sign --duration-s 2 \
+            --body-bytes "$BODY_BYTES" >/dev/null
+        before=$(requests_counted "$name")
+        callgrind_control -i on "${PID[$name]}" >/dev/null
+        taskset -c 0 "$BIN/fxn-load" closed --target "127.0.0.1:${PORT[$name]}" --auth sign --duration-s "$DURATION" \
+            --body-bytes "$BODY_BYTES" >/dev/null
+        callgrind_control -i off "${PID[$name]}" >/dev/null
+        requests=$(($(requests_counted "$name") - before))
+        kill -INT "${PID[$name]}"
+        while kill -0 "${PID[$name]}" 2>/dev/null; do sleep 0.2; done
+        out=$CALLGRIND_DIR/$name.callgrind.out
+        instructions=$(awk '/^totals:/ { print $2 }' "$out")
+        echo "| $name | $requests | $((instructions / requests)) |"
+    done
+    exit 0
+fi
 
 for round in $(seq "$ROUNDS"); do
     for name in "${NAMES[@]}"; do
