@@ -6,6 +6,7 @@ pub mod challenge;
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod receipt;
