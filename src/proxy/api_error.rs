@@ -120,16 +120,8 @@ impl ErrorCode {
     /// These spend the caller address's `limits.authFailures` budget.
     pub fn is_failed_authentication(self) -> bool {
         use ErrorCode::*;
-        matches!(
-            self,
-            MissingHeader
-                | BadSignatureEncoding
-                | StaleTimestamp
-                | InvalidSignature
-                | NotRegistered
-                | WrongRole
-                | NonceReused
-        )
+        self.kind() == "authentication_error"
+            && !matches!(self, NonceStoreFull | NonceStoreUnavailable | RegistryUnavailable)
     }
 }
 
