@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 mod init;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod receipt;

@@ -39,6 +39,7 @@ pub struct Metrics {
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
     auth_failures: IntCounterVec,
+    rate_limited: IntCounterVec,
     challenges: IntCounterVec,
     challenge_duration: HistogramVec,
     matmul_size: IntGauge,
@@ -129,6 +130,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         auth_failures: registered(register_int_counter_vec!(
             "fxn_auth_failures_total",
             "Requests refused by authentication, by reason (the error code).",
+            &["reason"]
+        )),
+        rate_limited: registered(register_int_counter_vec!(
+            "fxn_rate_limited_total",
+            "Requests refused by a limit (429 rate_limited), by reason: gateway_rate, gateway_in_flight (limits.perGateway), auth_failures (limits.authFailures, refused before their signature was checked).",
             &["reason"]
         )),
         challenges: registered(register_int_counter_vec!(
@@ -316,6 +322,13 @@ impl Metrics {
     pub fn auth_failed(&self, reason: &'static str) {
         if enabled() {
             self.auth_failures.with_label_values(&[reason]).inc();
+        }
+    }
+
+    /// A request refused by a limit; `reason` is one of `limits::Refusal::reason`'s.
+    pub fn rate_limited(&self, reason: &'static str) {
+        if enabled() {
+            self.rate_limited.with_label_values(&[reason]).inc();
         }
     }
 

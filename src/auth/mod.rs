@@ -114,6 +114,24 @@ pub struct Verified<'a> {
     pub nonce: &'a str,
 }
 
+/// A request whose signature verified and whose signer may call the route, its nonce not yet
+/// recorded ([`Authenticator::record_nonce`]).
+#[derive(Debug)]
+pub struct Checked<'a> {
+    verified: Verified<'a>,
+    keep_nonce_for: Duration,
+}
+
+impl Checked<'_> {
+    pub fn signer(&self) -> Signer {
+        self.verified.signer
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("missing {0} header")]
@@ -192,8 +210,7 @@ impl<V: CurveVerifier> Authenticator<V> {
 
     /// Authenticates a request to a route that needs `role`.
     pub async fn verify<'a>(&self, headers: &'a HeaderMap, body: &[u8], role: Role) -> Result<Verified<'a>, AuthError> {
-        let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        self.verify_at(headers, body, role, now_unix).await
+        self.verify_at(headers, body, role, unix_now()).await
     }
 
     /// [`Self::verify`] with the node's clock reading `now_unix`.
@@ -204,6 +221,23 @@ impl<V: CurveVerifier> Authenticator<V> {
         role: Role,
         now_unix: i64,
     ) -> Result<Verified<'a>, AuthError> {
+        let checked = self.check_at(headers, body, role, now_unix)?;
+        self.record_nonce(checked).await
+    }
+
+    /// The first half of [`Self::verify`]: everything but recording the nonce, so that a request
+    /// refused between the two (by a gateway's rate limit) leaves its nonce unused.
+    pub fn check<'a>(&self, headers: &'a HeaderMap, body: &[u8], role: Role) -> Result<Checked<'a>, AuthError> {
+        self.check_at(headers, body, role, unix_now())
+    }
+
+    fn check_at<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        body: &[u8],
+        role: Role,
+        now_unix: i64,
+    ) -> Result<Checked<'a>, AuthError> {
         let signed = SignedHeaders::parse(headers)?;
         let skew_secs = signed.timestamp.saturating_sub(now_unix);
         let max_secs = self.max_clock_skew.as_secs();
@@ -257,12 +291,21 @@ impl<V: CurveVerifier> Authenticator<V> {
         // Kept until the timestamp leaves the window (a future-dated request stays valid
         // longer than the TTL), and at least for nonceCache.ttl.
         let valid_for = (signed.timestamp + max_secs as i64 - now_unix).max(0) as u64;
-        self.record_nonce(address, signed.nonce, self.nonce_ttl.max(Duration::from_secs(valid_for))).await?;
         let signer = Signer { address, role };
-        Ok(Verified { signer, body_sha256, timestamp: signed.timestamp_text, nonce: signed.nonce })
+        Ok(Checked {
+            verified: Verified { signer, body_sha256, timestamp: signed.timestamp_text, nonce: signed.nonce },
+            keep_nonce_for: self.nonce_ttl.max(Duration::from_secs(valid_for)),
+        })
     }
 
-    async fn record_nonce(&self, signer: Address, nonce: &str, keep_for: Duration) -> Result<(), AuthError> {
+    /// The second half of [`Self::verify`]: records the checked request's nonce, refusing a replay.
+    pub async fn record_nonce<'a>(&self, checked: Checked<'a>) -> Result<Verified<'a>, AuthError> {
+        let Checked { verified, keep_nonce_for } = checked;
+        self.store_nonce(verified.signer.address, verified.nonce, keep_nonce_for).await?;
+        Ok(verified)
+    }
+
+    async fn store_nonce(&self, signer: Address, nonce: &str, keep_for: Duration) -> Result<(), AuthError> {
         if let Some(shared) = &self.shared_nonces {
             // Boxed: inline, the Redis command's state would grow every request's future.
             match Box::pin(shared.record(&signer, nonce, keep_for)).await {

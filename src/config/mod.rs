@@ -17,9 +17,9 @@ pub use model_backend::{
     OutlierDetection, Policy, DEFAULT_ENTRY as DEFAULT_MODEL_ENTRY, MAX_BACKENDS_PER_ENTRY, MIN_HEALTH_INTERVAL,
 };
 pub use node::{
-    AuthSettings, ChallengeSettings, Limits, LogFormat, LogSettings, MetricsSettings, NodeConfig, NonceBackend,
-    NonceCacheSettings, OnRedisUnavailable, ProxySettings, PublicIp, ReceiptSettings, RedisSettings, RegistrySettings,
-    RpcSettings, StaticSigners, UsageSettings,
+    AuthFailureBudget, AuthSettings, ChallengeSettings, Limits, LogFormat, LogSettings, MetricsSettings, NodeConfig,
+    NonceBackend, NonceCacheSettings, OnRedisUnavailable, PerGatewayLimits, ProxySettings, PublicIp, ReceiptSettings,
+    RedisSettings, RegistrySettings, RpcSettings, StaticSigners, UsageSettings,
 };
 pub use server_conf::load_server_conf;
 pub use yaml::{format_duration, parse_address, parse_duration, parse_http_url};

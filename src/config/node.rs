@@ -121,6 +121,7 @@ impl NodeConfig {
                 "must be at least 1: with none, every connection is closed",
             ));
         }
+        check_limits(path, &limits, &mut errors);
         if nonce_cache.max_entries == 0 {
             errors.push(ConfigError::new(path, "nonceCache.maxEntries", "must be at least 1"));
         }
@@ -224,6 +225,40 @@ impl NodeConfig {
             usage,
             receipts,
         })
+    }
+}
+
+/// The per-gateway limits and the failure budget: a zero would refuse everything.
+fn check_limits(path: &Path, limits: &Limits, errors: &mut ConfigErrors) {
+    let gateway = &limits.per_gateway;
+    let mut at_least_one = |key: &str, value: Option<u64>, what_to_do: &str| {
+        if value == Some(0) {
+            errors.push(ConfigError::new(path, key, format!("must be at least 1 ({what_to_do})")));
+        }
+    };
+    let no_limit = "leave it out for no limit";
+    at_least_one("limits.perGateway.maxInFlight", gateway.max_in_flight.map(u64::from), no_limit);
+    at_least_one("limits.perGateway.burst", gateway.burst.map(u64::from), no_limit);
+    at_least_one(
+        "limits.authFailures.maxFailures",
+        Some(u64::from(limits.auth_failures.max_failures)),
+        "`enabled: false` turns the budget off",
+    );
+    at_least_one("limits.authFailures.maxAddresses", Some(limits.auth_failures.max_addresses as u64), "such as 65536");
+    match gateway.requests_per_second {
+        // At most one request per nanosecond: the bucket refills in whole nanoseconds.
+        Some(rate) if !(rate > 0.0 && rate <= 1e9) => errors.push(ConfigError::new(
+            path,
+            "limits.perGateway.requestsPerSecond",
+            "must be a number above 0 and at most 1e9 (such as 20, or 0.5 for one request every 2 s); \
+             leave it out for no limit",
+        )),
+        None if gateway.burst.is_some() => errors.push(ConfigError::new(
+            path,
+            "limits.perGateway.burst",
+            "needs limits.perGateway.requestsPerSecond: the burst is the size of that rate's bucket",
+        )),
+        _ => {}
     }
 }
 
@@ -537,6 +572,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Callers' connections open at once; more are closed as they are accepted.
     pub max_connections: usize,
+    pub per_gateway: PerGatewayLimits,
+    pub auth_failures: AuthFailureBudget,
 }
 
 impl Default for Limits {
@@ -549,6 +586,8 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            per_gateway: PerGatewayLimits::default(),
+            auth_failures: AuthFailureBudget::default(),
         }
     }
 }
@@ -557,6 +596,48 @@ impl Limits {
     /// `idleTimeout` in the whole seconds Pingora's keep-alive takes (at least 1: 0 means forever).
     pub fn idle_timeout_secs(&self) -> u64 {
         self.idle_timeout.as_secs() + u64::from(self.idle_timeout.subsec_nanos() > 0)
+    }
+}
+
+/// `limits.perGateway`: what one registered gateway may ask at once and per second. None by
+/// default: only the operator knows what each gateway is expected to send.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PerGatewayLimits {
+    /// Requests of one gateway being handled at once (streams until they end).
+    pub max_in_flight: Option<u32>,
+    /// Requests one gateway may start per second, on average (a token bucket's refill).
+    pub requests_per_second: Option<f64>,
+    /// Requests one gateway may start at once after a quiet spell (the bucket's size); one
+    /// second's worth unless set.
+    pub burst: Option<u32>,
+}
+
+impl PerGatewayLimits {
+    /// The token bucket's size, once `requests_per_second` is set.
+    pub fn effective_burst(&self) -> Option<u32> {
+        let rate = self.requests_per_second?;
+        Some(self.burst.unwrap_or((rate.ceil() as u32).max(1)))
+    }
+}
+
+/// `limits.authFailures`: how many failed authentications a peer address may cause before its
+/// requests are refused without their signature being checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct AuthFailureBudget {
+    pub enabled: bool,
+    /// Failures one address may cause within `window`; past them it is refused until the window ends.
+    pub max_failures: u32,
+    #[serde(deserialize_with = "yaml::positive_duration")]
+    pub window: Duration,
+    /// Addresses tracked at once: the bound on the budget's memory.
+    pub max_addresses: usize,
+}
+
+impl Default for AuthFailureBudget {
+    fn default() -> Self {
+        Self { enabled: true, max_failures: 50, window: Duration::from_secs(10), max_addresses: 65_536 }
     }
 }
 
@@ -737,6 +818,38 @@ schedulerAddress: "0x12"
         let errors = parse(r#"registry: {static: {gateways: ["0x12", "0x34"]}}"#).unwrap_err();
         assert_eq!(errors.0.len(), 1, "{errors}");
         assert!(errors.0[0].message.contains("`0x12`") && errors.0[0].message.contains("`0x34`"), "{errors}");
+    }
+
+    #[test]
+    fn limits_are_off_or_generous_by_default_and_checked() {
+        let limits = parse("").unwrap().limits;
+        assert_eq!(
+            (limits.per_gateway.max_in_flight, limits.per_gateway.requests_per_second, limits.per_gateway.burst),
+            (None, None, None)
+        );
+        assert!(limits.auth_failures.enabled);
+        let limits = parse("limits: {perGateway: {requestsPerSecond: 2.5}}").unwrap().limits;
+        assert_eq!(limits.per_gateway.effective_burst(), Some(3), "one second's worth, rounded up");
+        let errors = parse(
+            "limits:\n  perGateway: {maxInFlight: 0, requestsPerSecond: -1, burst: 0}\n  \
+             authFailures: {maxFailures: 0, window: 0s, maxAddresses: 0}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors.keys(),
+            [
+                "limits.authFailures.window",
+                "limits.perGateway.maxInFlight",
+                "limits.perGateway.burst",
+                "limits.authFailures.maxFailures",
+                "limits.authFailures.maxAddresses",
+                "limits.perGateway.requestsPerSecond",
+            ],
+            "{errors}"
+        );
+        let errors = parse("limits: {perGateway: {burst: 10, rate: 5}}").unwrap_err();
+        assert_eq!(errors.keys(), ["limits.perGateway.rate", "limits.perGateway.burst"], "{errors}");
+        assert!(errors.to_string().contains("needs limits.perGateway.requestsPerSecond"), "{errors}");
     }
 
     #[test]

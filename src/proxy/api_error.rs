@@ -12,6 +12,7 @@ use pingora_proxy::Session;
 use super::request_id::{RequestId, X_REQUEST_ID};
 use crate::auth::AuthError;
 use crate::challenge::ChallengeError;
+use crate::limits::Refusal;
 use crate::routing::RoutingError;
 
 /// Why the node refused or failed a request. The README's error tables list exactly these.
@@ -40,6 +41,8 @@ pub enum ErrorCode {
     NonceStoreFull,
     NonceStoreUnavailable,
     RegistryUnavailable,
+    // Limits.
+    RateLimited,
     // Challenges.
     InvalidChallenge,
     UnknownChallengeType,
@@ -69,8 +72,8 @@ impl ErrorCode {
             MethodNotAllowed => 405,
             RequestTimeout => 408,
             BodyTooLarge => 413,
+            ChallengeBusy | RateLimited => 429,
             HeadersTooLarge => 431,
-            ChallengeBusy => 429,
             InternalError | HttpError | NodeKeyNotConfigured => 500,
             BackendUnavailable => 502,
             NonceStoreFull | NonceStoreUnavailable | RegistryUnavailable => 503,
@@ -93,6 +96,7 @@ impl ErrorCode {
             | NonceStoreUnavailable
             | RegistryUnavailable => "authentication_error",
             BackendUnavailable | BackendTimeout => "upstream_error",
+            RateLimited => "rate_limit_error",
             HttpError | InternalError | NodeKeyNotConfigured => "server_error",
             _ => "invalid_request_error",
         }
@@ -102,11 +106,24 @@ impl ErrorCode {
     pub fn header(self) -> Option<HeaderName> {
         match self {
             Self::MethodNotAllowed => Some(header::ALLOW),
-            Self::NonceStoreFull | Self::NonceStoreUnavailable | Self::RegistryUnavailable | Self::ChallengeBusy => {
-                Some(header::RETRY_AFTER)
-            }
+            Self::NonceStoreFull
+            | Self::NonceStoreUnavailable
+            | Self::RegistryUnavailable
+            | Self::ChallengeBusy
+            | Self::RateLimited => Some(header::RETRY_AFTER),
             _ => None,
         }
+    }
+}
+
+impl ErrorCode {
+    /// An authentication the caller failed, as a flood of forged or broken requests does (not one
+    /// the node could not complete: a full or unavailable nonce store, a registry not loaded).
+    /// These spend the caller address's `limits.authFailures` budget.
+    pub fn is_failed_authentication(self) -> bool {
+        use ErrorCode::*;
+        self.kind() == "authentication_error"
+            && !matches!(self, NonceStoreFull | NonceStoreUnavailable | RegistryUnavailable)
     }
 }
 
@@ -254,6 +271,15 @@ impl From<AuthError> for ApiError {
             AuthError::RegistryUnavailable(_) => ErrorCode::RegistryUnavailable,
         };
         Self::new(code, error.to_string())
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        Self {
+            header: Some((header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs()))),
+            ..Self::new(ErrorCode::RateLimited, refusal.to_string())
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod response_log;
 mod upstream;
 mod usage;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +40,7 @@ pub use usage::Usage;
 use crate::auth::{Authenticator, Role, Signer};
 use crate::challenge::Challenges;
 use crate::config::Limits;
+use crate::limits::{AuthFailureLimiter, GatewayLimiter, GatewaySlot, Refusal};
 use crate::metrics::{metrics, InFlight, RequestRecord};
 use crate::receipt::ReceiptSigner;
 use crate::routing::Routes;
@@ -111,6 +113,11 @@ pub(crate) struct RequestCtx {
     signed: Option<SignedRequest>,
     /// The challenge type `/challenge` was asked, once known.
     challenge: Option<&'static str>,
+    /// The caller's address (none on a Unix socket), whose failed authentications are counted.
+    peer: Option<IpAddr>,
+    /// The gateway's in-flight slot (`limits.perGateway.maxInFlight`), freed with the context
+    /// whichever way the request ends.
+    _gateway_slot: Option<GatewaySlot>,
     _in_flight: InFlight,
 }
 
@@ -127,6 +134,9 @@ pub(crate) struct NodeProxy {
     routes: Arc<Routes>,
     challenges: Arc<Challenges>,
     limits: Limits,
+    gateway_limits: Arc<GatewayLimiter>,
+    /// `limits.authFailures`, when on.
+    auth_failures: Option<AuthFailureLimiter>,
     /// Backend connections for the relay path and the PROXY challenge; pooled like Pingora's own.
     connector: Arc<Connector>,
     forwarding: Forwarding,
@@ -151,7 +161,9 @@ impl NodeProxy {
         connector: Arc<Connector>,
         forwarding: Forwarding,
     ) -> Self {
-        Self { auth, routes, challenges, limits, connector, forwarding }
+        let gateway_limits = Arc::new(GatewayLimiter::new(&limits.per_gateway));
+        let auth_failures = AuthFailureLimiter::new(&limits.auth_failures);
+        Self { auth, routes, challenges, limits, gateway_limits, auth_failures, connector, forwarding }
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Handled, Rejected> {
@@ -185,12 +197,23 @@ impl NodeProxy {
         }
     }
 
-    /// Reads the body and checks that a signer in `role` signed it; nothing else runs for a
-    /// request that fails here.
+    /// Reads the body and checks that a signer in `role` signed it, and that a gateway is within
+    /// its limits; nothing else runs for a request that fails here. An address over its budget of
+    /// failed authentications is refused first, before its body is read or its signature checked.
     async fn authenticate(&self, session: &mut Session, ctx: &mut RequestCtx, role: Role) -> Result<Bytes, Rejected> {
+        if let (Some(budget), Some(peer)) = (&self.auth_failures, ctx.peer) {
+            budget.check(peer).map_err(refused)?;
+        }
         let body = body::read_whole(session, &self.limits).await?;
         ctx.body_len = body.len();
-        let verified = self.auth.verify(&session.req_header().headers, &body, role).await?;
+        let checked = self.auth.check(&session.req_header().headers, &body, role)?;
+        // Between the signature and the nonce: only a registered gateway's own requests spend
+        // its budget, and a refused request's nonce stays unused, for its retry. The scheduler's
+        // challenges have `challenge.maxConcurrent` instead.
+        if role == Role::Gateway {
+            ctx._gateway_slot = self.gateway_limits.admit(checked.signer().address).map_err(refused)?;
+        }
+        let verified = self.auth.record_nonce(checked).await?;
         ctx.signer = Some(verified.signer);
         if self.forwarding.receipts.is_some() && ctx.endpoint.is_some_and(Endpoint::is_inference) {
             ctx.signed = Some(SignedRequest::of(&verified));
@@ -261,6 +284,12 @@ impl NodeProxy {
     }
 }
 
+/// A request refused by a limit, counted by its reason.
+fn refused(refusal: Refusal) -> Rejected {
+    metrics().rate_limited(refusal.reason());
+    Rejected::Answer(refusal.into())
+}
+
 async fn respond(
     session: &mut Session,
     ctx: &RequestCtx,
@@ -304,6 +333,8 @@ impl ProxyHttp for NodeProxy {
             signer: None,
             signed: None,
             challenge: None,
+            peer: None,
+            _gateway_slot: None,
             _in_flight: metrics().request_started(),
         }
     }
@@ -315,12 +346,18 @@ impl ProxyHttp for NodeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = RequestId::of(session.req_header());
+        ctx.peer = session.client_addr().and_then(|addr| addr.as_inet()).map(|addr| addr.ip());
         match self.handle(session, ctx).await {
             Ok(Handled::Forward) => Ok(false),
             Ok(Handled::Answered) => Ok(true),
             Err(Rejected::Answer(error)) => {
                 if error.code.kind() == "authentication_error" {
                     metrics().auth_failed(error.code.as_str());
+                }
+                if let (true, Some(budget), Some(peer)) =
+                    (error.code.is_failed_authentication(), &self.auth_failures, ctx.peer)
+                {
+                    budget.failed(peer, error.code.as_str());
                 }
                 if error.status == 413 {
                     // The unread remainder of the body makes the connection unusable.

@@ -178,10 +178,11 @@ impl NodeFiles {
         let config = format!(
             "node:\n  listenAddress: \"127.0.0.1\"\n  listenPort: {}\n{key_file}{node_settings}logger:\n  verbosity: debug\n  format: {log_format}\n\
              metrics:\n  listenAddress: \"127.0.0.1:{}\"\n{metrics_settings}\
-             registry:\n  static:\n    gateways: [\"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
+             registry:\n  static:\n    gateways: [\"{:?}\", \"{:?}\"]\n    schedulers: [\"{:?}\"]\n{config_extra}",
             self.port,
             self.metrics_port,
             gateway_key().address,
+            second_gateway_key().address,
             scheduler_key().address,
         );
         std::fs::write(self.path("config.yaml"), config).unwrap();
@@ -427,9 +428,14 @@ impl Drop for FxnProcess {
     }
 }
 
-/// The gateway and scheduler the test nodes trust.
+/// The gateways and the scheduler the test nodes trust.
 pub fn gateway_key() -> fxn_node::keys::NodeKey {
     fxn_node::keys::NodeKey::from_private_key_hex(&"11".repeat(32)).unwrap()
+}
+
+/// Another gateway the test nodes trust, whose limits are apart from the first's.
+pub fn second_gateway_key() -> fxn_node::keys::NodeKey {
+    fxn_node::keys::NodeKey::from_private_key_hex(&"44".repeat(32)).unwrap()
 }
 
 pub fn scheduler_key() -> fxn_node::keys::NodeKey {

@@ -1,7 +1,7 @@
 //! One HTTP/1.1 keep-alive connection per caller, with Nagle off so that small writes are not
 //! held back waiting for an ACK.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -9,14 +9,23 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 
 use crate::requests::RequestSet;
 
 pub type Connection = SendRequest<Full<Bytes>>;
 
 pub async fn connect(addr: SocketAddr) -> anyhow::Result<Connection> {
-    let stream = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
+    connect_from(addr, None).await
+}
+
+/// [`connect`] from `source` (a loopback alias such as 127.0.0.2, say), when given.
+pub async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Connection> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("bind to {source}"))?;
+    }
+    let stream = socket.connect(addr).await.with_context(|| format!("connect to {addr}"))?;
     stream.set_nodelay(true)?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // The connection task ends when the sender is dropped or the peer closes.

@@ -4,6 +4,7 @@
 
 mod client;
 mod closed;
+mod flood;
 mod open;
 mod proc_stats;
 mod redis_round_trip;
@@ -11,7 +12,7 @@ mod requests;
 mod stream;
 mod summary;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -71,6 +72,19 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         ramp_s: f64,
     },
+    /// C connections from one source address sending requests back to back, whatever the
+    /// answers (with `--auth forged`, a bad-signature flood); answers counted by status.
+    Flood {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        request: RequestSpec,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// The address the flood comes from (a loopback alias, such as 127.0.0.2).
+        #[arg(long)]
+        source: IpAddr,
+    },
     /// Prints the address the harness signs as, for the node's `registry.static.gateways`.
     SignerAddress,
     /// Times single Redis round trips made the way the node records a nonce.
@@ -104,9 +118,10 @@ struct Common {
 impl Command {
     fn common(&self) -> Option<&Common> {
         match self {
-            Command::Closed { common, .. } | Command::Open { common, .. } | Command::Stream { common, .. } => {
-                Some(common)
-            }
+            Command::Closed { common, .. }
+            | Command::Open { common, .. }
+            | Command::Stream { common, .. }
+            | Command::Flood { common, .. } => Some(common),
             Command::SignerAddress | Command::RedisRoundTrip { .. } => None,
         }
     }
@@ -140,6 +155,14 @@ fn main() -> anyhow::Result<()> {
             let watched = Watched::new(common.proxy_pids.clone());
             let duration = Duration::from_secs_f64(common.duration_s);
             let report = runtime.block_on(closed::run(common.target, set, connections, duration, &watched))?;
+            (common, report)
+        }
+        Command::Flood { common, request, connections, source } => {
+            // A forged or unsigned set never runs out; a signed one holds what a saturated
+            // node could answer.
+            let set = request.build(common.target, (20_000.0 * common.duration_s) as usize, false)?;
+            let duration = Duration::from_secs_f64(common.duration_s);
+            let report = runtime.block_on(flood::run(common.target, source, set, connections, duration))?;
             (common, report)
         }
         Command::Open { common, request, rate, connections } => {

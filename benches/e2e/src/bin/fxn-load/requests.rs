@@ -21,6 +21,8 @@ pub enum Auth {
     None,
     /// fxn's gateway signature (`X-Address`, `X-Timestamp`, `X-Nonce`, `X-Signature`).
     Sign,
+    /// A forgery: the gateway's headers, but signed over another body; one set for every request.
+    Forged,
     /// `Authorization: Bearer TOKEN` (LiteLLM's master key).
     Bearer(String),
 }
@@ -32,10 +34,11 @@ impl FromStr for Auth {
         match text {
             "none" => Ok(Self::None),
             "sign" => Ok(Self::Sign),
+            "forged" => Ok(Self::Forged),
             _ => text
                 .strip_prefix("bearer:")
                 .map(|token| Self::Bearer(token.to_string()))
-                .ok_or_else(|| format!("expected none, sign or bearer:TOKEN, got {text:?}")),
+                .ok_or_else(|| format!("expected none, sign, forged or bearer:TOKEN, got {text:?}")),
         }
     }
 }
@@ -86,6 +89,12 @@ impl RequestSpec {
                 Vec::new()
             }
             Auth::Sign => sign_all(&body, count)?,
+            Auth::Forged => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+                let other_body = b"not the body sent";
+                common.extend(fxn_node::auth::sign_request(&signer().signing_key, other_body, now, "f0f0f0f0", false)?);
+                Vec::new()
+            }
         };
         let uri = Uri::from_str(&self.path).with_context(|| format!("bad path {:?}", self.path))?;
         Ok(RequestSet { uri, common, signed, body, next: AtomicUsize::new(0) })
