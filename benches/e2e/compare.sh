@@ -36,24 +36,9 @@ ROUNDS=${BENCH_ROUNDS:-4}
 DURATION=${BENCH_DURATION_S:-8}
 BODY_BYTES=${BENCH_BODY_BYTES:-256}
 (($# > 0)) || { sed -n '2,24p' "$0"; exit 2; }
-WORK=$(mktemp -d /tmp/fxn-compare.XXXXXX)
-RESULTS=$WORK/results.jsonl
-ulimit -n 20000
-export RUST_BACKTRACE=0
-
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-taskset -c 0 "$BIN/fxn-test-backend" --listen 127.0.0.1:0 >"$WORK/backend.out" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 50); do grep -q listening "$WORK/backend.out" && break; sleep 0.1; done
-BACKEND=$(sed -n 's/^listening on //p' "$WORK/backend.out")
-SIGNER=$("$BIN/fxn-load" signer-address)
+source "$ROOT/benches/e2e/common.sh"
+bench_begin fxn-compare
+start_backend
 
 declare -A PID PORT METRICS_PORT
 CALLGRIND_DIR=${BENCH_CALLGRIND_DIR:-/tmp/fxn-callgrind}
@@ -72,10 +57,10 @@ for variant in "$@"; do
     [[ $spec == *:* ]] && extra=${spec#*:}
     dir=$WORK/$name
     mkdir -p "$dir"
-    PORT[$name]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    PORT[$name]=$(free_port)
     # Each node's metrics on a port of its own, unless the variant sets `metrics` itself.
     if [[ $extra != *metrics:* ]]; then
-        METRICS_PORT[$name]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        METRICS_PORT[$name]=$(free_port)
         extra="metrics: {listenAddress: \"127.0.0.1:${METRICS_PORT[$name]}\"}"$'\n'"$extra"
     fi
     # A key of its own, so that a variant may turn on what needs one (receipts).
@@ -90,8 +75,7 @@ for variant in "$@"; do
             for i in $(seq 0 $((backends - 1))); do printf '      - url: "http://%s/r%s"\n' "$BACKEND" "$i"; done
         } >"$dir/model_backend.yaml"
     fi
-    printf 'version: 1\nthreads: 1\npid_file: %s/fxn.pid\nupgrade_sock: %s/upgrade.sock\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' \
-        "$dir" "$dir" >"$dir/fxn.yaml"
+    write_server_conf "$dir"
     under=(taskset -c 1)
     [[ ${BENCH_INSTRUCTIONS:-0} == 1 ]] &&
         under+=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$CALLGRIND_DIR/$name.callgrind.out")

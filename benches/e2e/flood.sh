@@ -21,27 +21,9 @@ ROUNDS=${BENCH_ROUNDS:-3}
 DURATION=${BENCH_DURATION_S:-5}
 VALID_CONNECTIONS=${BENCH_VALID_CONNECTIONS:-8}
 FLOOD_CONNECTIONS=${BENCH_FLOOD_CONNECTIONS:-32}
-WORK=$(mktemp -d /tmp/fxn-flood.XXXXXX)
-RESULTS=$WORK/results.jsonl
-ulimit -n 20000
-export RUST_BACKTRACE=0
-
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-
-taskset -c 0 "$BIN/fxn-test-backend" --listen 127.0.0.1:0 >"$WORK/backend.out" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 50); do grep -q listening "$WORK/backend.out" && break; sleep 0.1; done
-BACKEND=$(sed -n 's/^listening on //p' "$WORK/backend.out")
-SIGNER=$("$BIN/fxn-load" signer-address)
+source "$ROOT/benches/e2e/common.sh"
+bench_begin fxn-flood
+start_backend
 
 declare -A PID PORT
 start_fxn() { # name, limits
@@ -55,14 +37,7 @@ registry: {static: {gateways: ["$SIGNER"]}}
 nonceCache: {maxEntries: 5000000}
 limits: $2
 CONF
-    printf 'models:\n  "fxn/test-model":\n    url: "http://%s"\n' "$BACKEND" >"$dir/model_backend.yaml"
-    printf 'version: 1\nthreads: 1\npid_file: %s/fxn.pid\nupgrade_sock: %s/upgrade.sock\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' \
-        "$dir" "$dir" >"$dir/fxn.yaml"
-    taskset -c 1 "$BIN/fxn" start --config "$dir/config.yaml" --model-backend "$dir/model_backend.yaml" \
-        -c "$dir/fxn.yaml" >"$dir/fxn.log" 2>&1 &
-    PID[$1]=$!
-    PIDS+=("$!")
-    wait_port "${PORT[$1]}"
+    start_single_backend_node "$1"
 }
 start_fxn budget_on "{authFailures: {enabled: true}}"
 start_fxn budget_off "{authFailures: {enabled: false}}"

@@ -10,11 +10,8 @@ BIN=$ROOT/target/release
 DURATION=${BENCH_DURATION_S:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
 OUT=$ROOT/benches/NONCE_STORE.md
-WORK=$(mktemp -d /tmp/fxn-nonce-bench.XXXXXX)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+source "$ROOT/benches/e2e/common.sh"
+bench_begin fxn-nonce-bench
 
 command -v redis-server >/dev/null || {
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null
@@ -23,18 +20,11 @@ command -v cmake >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y
 log "building release binaries"
 (cd "$ROOT" && cargo build --locked --release -q -p fxn-node -p fxn-test-backend -p fxn-bench --bins)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-
 REDIS_PORT=$(free_port)
 taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
 PIDS+=($!)
 wait_port "$REDIS_PORT"
-taskset -c 0 "$BIN/fxn-test-backend" --listen 127.0.0.1:0 >"$WORK/backend.out" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do grep -q listening "$WORK/backend.out" && break; sleep 0.1; done
-BACKEND=$(sed -n 's/^listening on //p' "$WORK/backend.out")
-SIGNER=$("$BIN/fxn-load" signer-address)
+start_backend
 
 declare -A PORT PID
 start_fxn() { # store
@@ -48,14 +38,7 @@ logger: {verbosity: "warn"}
 registry: {static: {gateways: ["$SIGNER"]}}
 $nonce_cache
 CONF
-    printf 'models:\n  "fxn/test-model":\n    url: "http://%s"\n' "$BACKEND" >"$dir/model_backend.yaml"
-    printf 'version: 1\nthreads: 1\npid_file: %s/fxn.pid\nupgrade_sock: %s/upgrade.sock\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' \
-        "$dir" "$dir" >"$dir/fxn.yaml"
-    taskset -c 1 "$BIN/fxn" start --config "$dir/config.yaml" --model-backend "$dir/model_backend.yaml" \
-        -c "$dir/fxn.yaml" >"$dir/fxn.log" 2>&1 &
-    PID[$1]=$!
-    PIDS+=($!)
-    wait_port "${PORT[$1]}"
+    start_single_backend_node "$1"
 }
 start_fxn memory
 start_fxn redis
